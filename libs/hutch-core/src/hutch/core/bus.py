@@ -1,0 +1,228 @@
+"""The JetStream bus: streams declared in one place, publishing envelopes, durable pull consumers.
+
+Streams (per region, created idempotently by every service at start):
+
+    SANDBOX_<REGION>    hutch.<region>.sandbox.>      lifecycle events; kept 7 days
+    NODECMD_<REGION>    hutch.<region>.node.*.cmd     work queue: one durable consumer per node
+    KV nodes_<region>   one key per node              the latest heartbeat of each node
+
+A consumer hands each decoded envelope to its handler and then acks it. A handler that raises
+`Unavailable` gets the message redelivered after a delay (nak); an undecodable message is
+terminated (term) so it never blocks the stream; any other exception is logged and redelivered
+until `max_deliver` is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from google.protobuf.message import Message
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+
+from hutch.core import errors, events, telemetry
+from hutch.core.config import NatsSettings
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[events.Envelope[Message]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: js_api.RetentionPolicy = js_api.RetentionPolicy.LIMITS
+    max_age_s: float = 7 * 24 * 3600
+    # JetStream drops a second message with the same Nats-Msg-Id within this window.
+    duplicate_window_s: float = 600
+
+
+def sandbox_stream(region: str) -> StreamSpec:
+    return StreamSpec(f"SANDBOX_{region.upper().replace('-', '_')}", (f"hutch.{region}.sandbox.>",))
+
+
+def node_command_stream(region: str) -> StreamSpec:
+    return StreamSpec(
+        f"NODECMD_{region.upper().replace('-', '_')}",
+        (f"hutch.{region}.node.*.cmd",),
+        retention=js_api.RetentionPolicy.WORK_QUEUE,
+    )
+
+
+def streams(region: str) -> list[StreamSpec]:
+    """Every stream a region uses: the one place they are declared."""
+    return [sandbox_stream(region), node_command_stream(region)]
+
+
+def nodes_bucket(region: str) -> str:
+    return f"nodes_{region.replace('-', '_')}"
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: StreamSpec
+    durable: str
+    filter_subjects: tuple[str, ...]
+    # How many messages are handled at once; 1 keeps them strictly in stream order.
+    max_in_flight: int = 1
+    max_deliver: int = 20
+    ack_wait_s: float = 60
+    nak_delay_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bus:
+    """A connection to NATS with JetStream; use `Bus.connect` as an async context manager."""
+
+    def __init__(self, nc: NatsClient, region: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.region = region
+        self._tracer = telemetry.tracer("hutch.bus")
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, settings: NatsSettings, region: str, name: str) -> Any:
+        try:
+            nc = await nats.connect(
+                settings.url,
+                name=name,
+                connect_timeout=settings.connect_timeout_s,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+            )
+        except Exception as exc:
+            raise errors.Unavailable(f"cannot connect to NATS at {settings.url}: {exc}") from exc
+        bus = cls(nc, region)
+        try:
+            await bus.ensure_streams()
+            yield bus
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    async def ensure_streams(self) -> None:
+        for spec in streams(self.region):
+            config = js_api.StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=spec.retention,
+                max_age=spec.max_age_s,
+                duplicate_window=spec.duplicate_window_s,
+                storage=js_api.StorageType.FILE,
+            )
+            try:
+                await self.js.add_stream(config)
+            except BadRequestError:
+                await self.js.update_stream(config)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        try:
+            return await self.js.key_value(bucket)
+        except NotFoundError:
+            return await self.js.create_key_value(bucket=bucket, history=1)
+
+    async def publish(self, subject: str, envelope: events.Envelope[Any], timeout_s: float = 5.0) -> None:
+        """Publishes one event and waits for JetStream to store it; retries within `timeout_s`."""
+        await self.publish_raw(subject, envelope.body(), envelope.headers(), timeout_s)
+
+    async def publish_raw(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout_s: float = 5.0
+    ) -> None:
+        headers = dict(headers)
+        if "traceparent" not in headers:
+            telemetry.inject(headers)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        delay = 0.05
+        while True:
+            try:
+                await self.js.publish(subject, body, headers=headers, timeout=max(0.5, timeout_s / 4))
+                return
+            except Exception as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise errors.Unavailable(f"cannot publish to {subject}: {exc!r}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def consume(self, spec: ConsumerSpec, handler: EventHandler, stop: asyncio.Event) -> None:
+        """Runs a durable pull consumer until `stop` is set."""
+        config = js_api.ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait_s,
+            max_deliver=spec.max_deliver,
+            max_ack_pending=max(64, spec.max_in_flight * 4),
+            **spec.extra,
+        )
+        if len(spec.filter_subjects) == 1:
+            config.filter_subject = spec.filter_subjects[0]
+        else:
+            config.filter_subjects = list(spec.filter_subjects)
+        await self.js.add_consumer(spec.stream.name, config)
+        sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(spec.max_in_flight)
+        try:
+            while not stop.is_set():
+                free = max(1, min(16, spec.max_in_flight - len(in_flight)))
+                try:
+                    msgs = await sub.fetch(free, timeout=1.0)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    continue
+                except Exception as exc:  # connection trouble: the client reconnects by itself
+                    log.warning("fetch on %s failed: %r", spec.durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await slots.acquire()
+                    task = asyncio.create_task(self._handle(spec, msg, handler))
+                    in_flight.add(task)
+                    task.add_done_callback(lambda t: (in_flight.discard(t), slots.release()))
+        finally:
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=spec.ack_wait_s)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _handle(self, spec: ConsumerSpec, msg: Msg, handler: EventHandler) -> None:
+        headers = msg.headers or {}
+        try:
+            envelope = events.decode(msg.data, headers)
+        except events.UndecodableEvent as exc:
+            log.error("terminating undecodable message on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        with (
+            telemetry.attached(headers),
+            self._tracer.start_as_current_span(
+                f"handle {envelope.kind.name}", kind=trace.SpanKind.CONSUMER,
+                attributes={"hutch.event_id": envelope.id, "hutch.consumer": spec.durable},
+            ),
+        ):
+            try:
+                await handler(envelope)
+            except errors.Unavailable as exc:
+                log.warning("%s: %s; redelivering in %.1fs", spec.durable, exc, spec.nak_delay_s)
+                await msg.nak(delay=spec.nak_delay_s)
+                return
+            except Exception:
+                log.exception("%s failed to handle %s %s", spec.durable, envelope.kind.name, envelope.id)
+                await msg.nak(delay=spec.nak_delay_s)
+                return
+        await msg.ack()
+

@@ -1,0 +1,79 @@
+"""Settings shared by every service.
+
+All settings come from the environment under one prefix, `HUTCH_`, with `__` between nesting levels:
+`HUTCH_NATS__URL`, `HUTCH_POSTGRES__DSN`, `HUTCH_GRPC__PORT`. Each service subclasses
+`ServiceSettings` and adds its own group. Settings are validated before anything starts, so a bad
+environment stops the process with a readable error instead of a half-started service.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REGION = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+class NatsSettings(BaseModel):
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout_s: float = 5.0
+
+
+class PostgresSettings(BaseModel):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/hutch")
+    min_connections: int = Field(default=2, ge=1)
+    max_connections: int = Field(default=10, ge=1)
+
+
+class S3Settings(BaseModel):
+    endpoint: str = "127.0.0.1:8333"
+    access_key: SecretStr = SecretStr("hutch")
+    secret_key: SecretStr = SecretStr("hutch-secret")
+    bucket: str = "hutch"
+    secure: bool = False
+    region: str = "us-east-1"
+
+
+class GrpcSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    # How long in-flight calls may run on after a shutdown signal before they are cancelled.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    max_message_bytes: int = 8 * 1024 * 1024
+
+
+class TelemetrySettings(BaseModel):
+    # "none": no spans leave the process; "file": JSON lines to file_path; "otlp": to otlp_endpoint.
+    exporter: Literal["none", "console", "file", "otlp"] = "none"
+    file_path: str = ""
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses add their own groups."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HUTCH_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    region: str = "local"
+    log_level: str = "INFO"
+    # Shared secret that authenticates calls between services (gateway -> node-agent data plane).
+    internal_token: SecretStr = SecretStr("")
+    nats: NatsSettings = NatsSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    grpc: GrpcSettings = GrpcSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    @field_validator("region")
+    @classmethod
+    def _region_is_a_subject_token(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError(
+                "region must be 1-31 lowercase letters, digits or '-', starting with a letter "
+                "(it becomes part of NATS subjects and stream names)"
+            )
+        return value

@@ -1,0 +1,214 @@
+"""The gRPC server every service runs, and the one table from domain errors to status codes.
+
+`serve()` starts a grpc.aio server with the standard health service, reflection, and one interceptor
+that (a) makes the caller's trace context current and opens a server span, (b) checks the internal
+token when the service is internal, and (c) turns `HutchError`s raised by handlers into the matching
+status with the error's message. Handlers therefore raise domain errors and never call
+`context.abort` themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+
+from hutch.core import errors, telemetry
+from hutch.core.config import GrpcSettings
+
+log = logging.getLogger(__name__)
+
+INTERNAL_TOKEN_HEADER: Final = "x-hutch-internal-token"
+
+STATUS_FOR_ERROR: Final[dict[type[errors.HutchError], grpc.StatusCode]] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+
+ERROR_FOR_STATUS: Final[dict[grpc.StatusCode, type[errors.HutchError]]] = {
+    status: error for error, status in STATUS_FOR_ERROR.items()
+}
+
+
+def status_for(error: errors.HutchError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR_ERROR:
+            return STATUS_FOR_ERROR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(exc: grpc.RpcError, what: str) -> errors.HutchError:
+    """Turns a failed call to another service back into the domain error it carried."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = ERROR_FOR_STATUS.get(code)
+    if cls is None:
+        if code == grpc.StatusCode.CANCELLED:
+            return errors.Unavailable(f"{what}: the call was cancelled")
+        return errors.Internal(f"{what}: {code.name}: {details}")
+    if cls is errors.Unavailable:
+        return errors.Unavailable(f"{what} is unreachable: {details}")
+    return cls(details or f"{what} failed")
+
+
+def internal_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """Metadata for a call to an internal service: the token and the current trace context."""
+    carrier: dict[str, str] = {}
+    telemetry.inject(carrier)
+    return ((INTERNAL_TOKEN_HEADER, token), *carrier.items())
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, internal_token: str | None) -> None:
+        self._token = internal_token
+        self._tracer = telemetry.tracer("hutch.grpc")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method  # type: ignore[attr-defined]
+        if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}  # type: ignore[attr-defined]
+        if self._token is not None:
+            given = metadata.get(INTERNAL_TOKEN_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self._token.encode()):
+                return _refusal(handler, "this is an internal service: the caller's token is missing or wrong")
+        return _wrapped(handler, method, metadata, self._tracer)
+
+
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - abort raises
+
+    return _rebuild(handler, deny, deny_stream)
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, errors.HutchError):
+        trace.get_current_span().set_attribute("hutch.error", exc.code)
+        await context.abort(status_for(exc), exc.message)
+    log.exception("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
+
+
+def _wrapped(
+    handler: grpc.RpcMethodHandler, method: str, metadata: dict[str, str], tracer: trace.Tracer
+) -> grpc.RpcMethodHandler:
+    def span() -> contextlib.AbstractContextManager[Any]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(telemetry.attached(metadata))
+        stack.enter_context(tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER))
+        return stack
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        behaviour = handler.unary_unary or handler.stream_unary
+        with span():
+            try:
+                return await behaviour(request, context)
+            except (errors.HutchError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await _abort(context, method, exc)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        behaviour = handler.unary_stream or handler.stream_stream
+        with span():
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except (errors.HutchError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await _abort(context, method, exc)
+
+    return _rebuild(handler, unary, streaming)
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[..., Awaitable[Any]],
+    streaming: Callable[..., AsyncIterator[Any]],
+) -> grpc.RpcMethodHandler:
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, des, ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, des, ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, des, ser)
+    return grpc.stream_stream_rpc_method_handler(streaming, des, ser)
+
+
+class Server:
+    """A started gRPC server; `stop()` drains it gracefully."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
+                 services: Sequence[str], grace_s: float) -> None:
+        self._server = server
+        self.port = port
+        self._health = health_servicer
+        self._services = services
+        self._grace_s = grace_s
+
+    async def stop(self) -> None:
+        for name in ("", *self._services):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(self._grace_s)
+
+
+async def serve(
+    settings: GrpcSettings,
+    register: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    internal_token: str | None = None,
+) -> Server:
+    """Starts a server with the given servicers.
+
+    `register` holds (add_XServicer_to_server, servicer, full service name) triples. When
+    `internal_token` is given, every call must carry it (see `internal_metadata`).
+    """
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    server = grpc.aio.server(interceptors=[_Interceptor(internal_token)], options=options)
+    names = []
+    for add, servicer, name in register:
+        add(servicer, server)
+        names.append(name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(server, port, health_servicer, names, settings.shutdown_grace_s)

@@ -140,9 +140,7 @@ class Bus:
         """Publishes one event and waits for JetStream to store it; retries within `timeout_s`."""
         await self.publish_raw(subject, envelope.body(), envelope.headers(), timeout_s)
 
-    async def publish_raw(
-        self, subject: str, body: bytes, headers: dict[str, str], timeout_s: float = 5.0
-    ) -> None:
+    async def publish_raw(self, subject: str, body: bytes, headers: dict[str, str], timeout_s: float = 5.0) -> None:
         headers = dict(headers)
         if "traceparent" not in headers:
             telemetry.inject(headers)
@@ -182,7 +180,7 @@ class Bus:
                 free = max(1, min(16, spec.max_in_flight - len(in_flight)))
                 try:
                     msgs = await sub.fetch(free, timeout=1.0)
-                except (NatsTimeout, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeout):
                     continue
                 except Exception as exc:  # connection trouble: the client reconnects by itself
                     log.warning("fetch on %s failed: %r", spec.durable, exc)
@@ -192,7 +190,8 @@ class Bus:
                     await slots.acquire()
                     task = asyncio.create_task(self._handle(spec, msg, handler))
                     in_flight.add(task)
-                    task.add_done_callback(lambda t: (in_flight.discard(t), slots.release()))
+                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(lambda _: slots.release())
         finally:
             if in_flight:
                 await asyncio.wait(in_flight, timeout=spec.ack_wait_s)
@@ -210,7 +209,8 @@ class Bus:
         with (
             telemetry.attached(headers),
             self._tracer.start_as_current_span(
-                f"handle {envelope.kind.name}", kind=trace.SpanKind.CONSUMER,
+                f"handle {envelope.kind.name}",
+                kind=trace.SpanKind.CONSUMER,
                 attributes={"hutch.event_id": envelope.id, "hutch.consumer": spec.durable},
             ),
         ):
@@ -225,4 +225,3 @@ class Bus:
                 await msg.nak(delay=spec.nak_delay_s)
                 return
         await msg.ack()
-

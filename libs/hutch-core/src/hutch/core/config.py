@@ -55,9 +55,7 @@ class TelemetrySettings(BaseModel):
 class ServiceSettings(BaseSettings):
     """Settings every service has. Subclasses add their own groups."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="HUTCH_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="HUTCH_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
     region: str = "local"
     log_level: str = "INFO"

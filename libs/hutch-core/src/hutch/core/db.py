@@ -105,7 +105,10 @@ async def migrate(db: asyncpg.Pool, schema: str, migrations: Sequence[Migration]
                        applied_at timestamptz NOT NULL DEFAULT now(),
                        PRIMARY KEY (component, version))"""
             )
-            done = {(r["component"], r["version"]) for r in await conn.fetch("SELECT component, version FROM schema_migrations")}
+            done = {
+                (r["component"], r["version"])
+                for r in await conn.fetch("SELECT component, version FROM schema_migrations")
+            }
             for m in migrations:
                 if (m.component, m.version) in done:
                     continue
@@ -113,7 +116,9 @@ async def migrate(db: asyncpg.Pool, schema: str, migrations: Sequence[Migration]
                     await conn.execute(m.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (component, version, name) VALUES ($1, $2, $3)",
-                        m.component, m.version, m.name,
+                        m.component,
+                        m.version,
+                        m.name,
                     )
                 applied.append(f"{m.component}/{m.version:04d}_{m.name}")
                 log.info("applied migration %s/%04d_%s in schema %s", m.component, m.version, m.name, schema)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -53,7 +53,7 @@ SANDBOX_STOPPED: Final = EventKind("sandbox.stopped", sandbox_pb2.SandboxStopped
 SANDBOX_KILL_REQUESTED: Final = EventKind("sandbox.kill_requested", sandbox_pb2.SandboxKillRequested)
 NODE_COMMAND: Final = EventKind("node.command", node_pb2.NodeCommand)
 
-CATALOGUE: Final[Mapping[str, EventKind[Message]]] = {
+CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
     kind.name: kind
     for kind in (
         SANDBOX_REQUESTED,

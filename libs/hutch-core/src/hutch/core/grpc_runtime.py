@@ -13,7 +13,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +24,14 @@ from hutch.core import errors, telemetry
 from hutch.core.config import GrpcSettings
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    # The servicer context handlers receive; generic only in the type stubs.
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
+    Handler = grpc.RpcMethodHandler
 
 INTERNAL_TOKEN_HEADER: Final = "x-hutch-internal-token"
 
@@ -48,7 +56,7 @@ ERROR_FOR_STATUS: Final[dict[grpc.StatusCode, type[errors.HutchError]]] = {
 def status_for(error: errors.HutchError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_FOR_ERROR:
-            return STATUS_FOR_ERROR[cls]  # type: ignore[index]
+            return STATUS_FOR_ERROR[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -73,40 +81,55 @@ def internal_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((INTERNAL_TOKEN_HEADER, token), *carrier.items())
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, internal_token: str | None) -> None:
         self._token = internal_token
         self._tracer = telemetry.tracer("hutch.grpc")
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
-        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}  # type: ignore[attr-defined]
+        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         if self._token is not None:
             given = metadata.get(INTERNAL_TOKEN_HEADER, "")
             if not hmac.compare_digest(given.encode(), self._token.encode()):
-                return _refusal(handler, "this is an internal service: the caller's token is missing or wrong")
+                return _refusal(
+                    handler, method, self._tracer, "this is an internal service: the caller's token is missing or wrong"
+                )
         return _wrapped(handler, method, metadata, self._tracer)
 
 
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+class _Raising:
+    """An async iterator that raises at once: the response stream of a refused streaming call."""
 
-    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - abort raises
+    def __init__(self, error: errors.HutchError) -> None:
+        self._error = error
 
-    return _rebuild(handler, deny, deny_stream)
+    def __aiter__(self) -> _Raising:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._error
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+def _refusal(handler: Handler, method: str, tracer: trace.Tracer, message: str) -> Handler:
+    async def deny(request: Any, context: Context) -> Any:
+        raise errors.Unauthenticated(message)
+
+    def deny_stream(request: Any, context: Context) -> _Raising:
+        return _Raising(errors.Unauthenticated(message))
+
+    refused = _rebuild(handler, deny, deny_stream)
+    return _wrapped(refused, method, {}, tracer)
+
+
+async def _abort(context: Context, method: str, exc: BaseException) -> None:
     if isinstance(exc, errors.HutchError):
         trace.get_current_span().set_attribute("hutch.error", exc.code)
         await context.abort(status_for(exc), exc.message)
@@ -114,44 +137,42 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
 
 
-def _wrapped(
-    handler: grpc.RpcMethodHandler, method: str, metadata: dict[str, str], tracer: trace.Tracer
-) -> grpc.RpcMethodHandler:
+def _wrapped(handler: Handler, method: str, metadata: dict[str, str], tracer: trace.Tracer) -> Handler:
     def span() -> contextlib.AbstractContextManager[Any]:
         stack = contextlib.ExitStack()
         stack.enter_context(telemetry.attached(metadata))
         stack.enter_context(tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER))
         return stack
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        behaviour = handler.unary_unary or handler.stream_unary
+    async def unary(request: Any, context: Context) -> Any:
+        behaviour: Any = handler.unary_unary or handler.stream_unary
         with span():
             try:
                 return await behaviour(request, context)
-            except (errors.HutchError, Exception) as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
                 await _abort(context, method, exc)
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        behaviour = handler.unary_stream or handler.stream_stream
+    async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+        behaviour: Any = handler.unary_stream or handler.stream_stream
         with span():
             try:
                 async for response in behaviour(request, context):
                     yield response
-            except (errors.HutchError, Exception) as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
                 await _abort(context, method, exc)
 
     return _rebuild(handler, unary, streaming)
 
 
 def _rebuild(
-    handler: grpc.RpcMethodHandler,
+    handler: Handler,
     unary: Callable[..., Awaitable[Any]],
     streaming: Callable[..., AsyncIterator[Any]],
-) -> grpc.RpcMethodHandler:
+) -> Handler:
     des, ser = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, des, ser)
@@ -165,8 +186,14 @@ def _rebuild(
 class Server:
     """A started gRPC server; `stop()` drains it gracefully."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
-                 services: Sequence[str], grace_s: float) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: Any,
+        services: Sequence[str],
+        grace_s: float,
+    ) -> None:
         self._server = server
         self.port = port
         self._health = health_servicer
@@ -202,7 +229,7 @@ async def serve(
     for add, servicer, name in register:
         add(servicer, server)
         names.append(name)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*names, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

@@ -45,7 +45,10 @@ async def stage(conn: asyncpg.Connection, subject: str, envelope: Envelope[Any])
     telemetry.inject(headers)
     await conn.execute(
         "INSERT INTO outbox (event_id, subject, headers, body) VALUES ($1, $2, $3::jsonb, $4)",
-        envelope.id, subject, json.dumps(headers), envelope.body(),
+        envelope.id,
+        subject,
+        json.dumps(headers),
+        envelope.body(),
     )
 
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _json_line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
+    return str(span.to_json(indent=None)) + "\n"
 
 
 @contextlib.contextmanager

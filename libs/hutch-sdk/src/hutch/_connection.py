@@ -1,0 +1,143 @@
+"""One gRPC channel to the gateway, carrying one API key.
+
+The channel is opened on first use, inside the event loop that uses it (grpc.aio channels belong to
+the loop they were created in), and can be closed and transparently reopened later, so a killed
+sandbox holds no channel until someone asks it something again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from importlib import metadata
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import grpc
+import grpc.aio
+
+from hutch._config import ConnectionConfig
+from hutch.exceptions import error_for_status
+from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from hutch.v1.files_pb2_grpc import FilesAsyncStub
+    from hutch.v1.process_pb2_grpc import ProcessesAsyncStub
+    from hutch.v1.sandbox_pb2_grpc import SandboxesAsyncStub
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+# File chunks are 1 MiB; the headroom covers larger chunks a future gateway may choose to send.
+_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("hutch-sdk")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return f"hutch-sdk-python/{version}"
+
+
+class _Stubs:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.sandboxes: SandboxesAsyncStub = sandbox_pb2_grpc.SandboxesStub(channel)
+        self.processes: ProcessesAsyncStub = process_pb2_grpc.ProcessesStub(channel)
+        self.files: FilesAsyncStub = files_pb2_grpc.FilesStub(channel)
+
+
+class Connection:
+    """A lazily opened grpc.aio channel to the gateway, with the caller's API key.
+
+    Args:
+        config: Where the gateway is and which key to send.
+    """
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {config.api_key}"),)
+        self._stubs: _Stubs | None = None
+
+    def _open(self) -> _Stubs:
+        if self._stubs is None:
+            options = [
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.primary_user_agent", _user_agent()),
+            ]
+            if self.config.secure:
+                channel = grpc.aio.secure_channel(
+                    self.config.target, grpc.ssl_channel_credentials(), options=options
+                )
+            else:
+                channel = grpc.aio.insecure_channel(self.config.target, options=options)
+            self._stubs = _Stubs(channel)
+        return self._stubs
+
+    @property
+    def sandboxes(self) -> SandboxesAsyncStub:
+        """The Sandboxes service; opens the channel if needed (call from inside the event loop)."""
+        return self._open().sandboxes
+
+    @property
+    def processes(self) -> ProcessesAsyncStub:
+        """The Processes service; opens the channel if needed (call from inside the event loop)."""
+        return self._open().processes
+
+    @property
+    def files(self) -> FilesAsyncStub:
+        """The Files service; opens the channel if needed (call from inside the event loop)."""
+        return self._open().files
+
+    @contextlib.contextmanager
+    def translated(self, doing: str) -> Iterator[None]:
+        """Turns a failed call inside the block into the matching `HutchError`.
+
+        Args:
+            doing: What the block does, e.g. "kill sandbox sb-1", for the error message.
+        """
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            raise error_for_status(
+                exc.code(), exc.details() or "", doing=doing, endpoint=self.config.endpoint
+            ) from exc
+
+    async def unary(
+        self,
+        doing: str,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+    ) -> _Response:
+        """Makes one unary call with the API key and the request deadline, translating failures.
+
+        Args:
+            doing: What the call does, for error messages.
+            method: The stub method to call.
+            request: The request message.
+
+        Returns:
+            The response message.
+        """
+        with self.translated(doing):
+            return await method(request, timeout=self.config.request_timeout, metadata=self.metadata)
+
+    async def close(self) -> None:
+        """Closes the channel, cancelling calls still in flight. The next call opens a new one."""
+        stubs, self._stubs = self._stubs, None
+        if stubs is not None:
+            await stubs.channel.close(None)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

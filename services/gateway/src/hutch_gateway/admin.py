@@ -1,0 +1,45 @@
+"""`hutch-gateway admin ...`: operator commands that talk to the gateway's database directly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+
+from hutch.core import db, outbox
+from hutch_gateway import store, tenants
+from hutch_gateway.app import SCHEMA
+from hutch_gateway.settings import GatewaySettings
+
+_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+async def _run(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    async with db.pool(settings.postgres, SCHEMA) as pool:
+        await db.migrate(pool, SCHEMA, [*outbox.MIGRATIONS, *db.load_migrations("hutch_gateway", SCHEMA)])
+        if args.command in ("create-tenant", "create-key"):
+            print(await tenants.create_key(pool, args.name))  # noqa: T201
+        elif args.command == "list-tenants":
+            for tenant_id, name, keys in await store.list_tenants(pool):
+                print(f"{tenant_id}\t{name}\t{keys} key(s)")  # noqa: T201
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hutch-gateway admin", description="Manage tenants and API keys.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command, text in (
+        ("create-tenant", "create a tenant and print a new API key for it"),
+        ("create-key", "print a new API key for an existing (or new) tenant"),
+    ):
+        sub.add_parser(command, help=text).add_argument("name", help="tenant name: lowercase letters, digits, '-'")
+    sub.add_parser("list-tenants", help="list tenants and how many live keys each has")
+    args = parser.parse_args(argv)
+    if getattr(args, "name", None) is not None and not _TENANT_NAME.match(args.name):
+        parser.error(f"tenant name {args.name!r} must be 1-63 lowercase letters, digits or '-'")
+    return asyncio.run(_run(GatewaySettings(), args))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

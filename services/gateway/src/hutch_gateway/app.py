@@ -1,0 +1,93 @@
+"""Wiring and lifecycle of the gateway."""
+
+from __future__ import annotations
+
+import logging
+
+from hutch.core import db, events, outbox, telemetry
+from hutch.core.bus import Bus, ConsumerSpec, nodes_bucket, sandbox_stream
+from hutch.core.grpc_runtime import serve
+from hutch.core.lifecycle import shutdown_on_signals, supervise
+from hutch.core.nodes import NodeDirectory
+from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc
+from hutch_gateway import store, tenants
+from hutch_gateway.auth import Authenticator
+from hutch_gateway.changes import ChangeFeed
+from hutch_gateway.dataplane import NodeChannels
+from hutch_gateway.domain import Limits
+from hutch_gateway.grpc_api import FilesServicer, ProcessesServicer, SandboxesServicer
+from hutch_gateway.projection import SandboxProjection
+from hutch_gateway.service import SandboxService
+from hutch_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "gateway"
+
+
+async def run(settings: GatewaySettings) -> None:
+    shutdown = shutdown_on_signals()
+    options, region = settings.gateway, settings.region
+    with telemetry.tracing(settings.telemetry, "gateway", region):
+        async with (
+            db.pool(settings.postgres, SCHEMA) as pool,
+            Bus.connect(settings.nats, region, "gateway") as bus,
+        ):
+            await db.migrate(pool, SCHEMA, [*outbox.MIGRATIONS, *db.load_migrations("hutch_gateway", SCHEMA)])
+            bootstrap_key = options.bootstrap_api_key.get_secret_value()
+            if bootstrap_key:
+                await tenants.ensure_tenant_with_key(pool, options.bootstrap_tenant, bootstrap_key)
+
+            relay = outbox.OutboxRelay(pool, bus)
+            feed = ChangeFeed(settings.postgres.dsn.get_secret_value())
+            nodes = NodeDirectory(await bus.kv(nodes_bucket(region)), options.node_grace_s)
+            channels = NodeChannels(settings.internal_token.get_secret_value(), settings.grpc.max_message_bytes)
+            service = SandboxService(pool, relay, feed, nodes, options, region)
+            auth = Authenticator(lambda digest: store.tenant_for_key_hash(pool, digest), options.api_key_cache_s)
+            limits = Limits(options.max_cpu_millis, options.max_memory_mb)
+
+            server = await serve(
+                settings.grpc,
+                [
+                    (
+                        sandbox_pb2_grpc.add_SandboxesServicer_to_server,
+                        SandboxesServicer(auth, service, limits),
+                        "hutch.v1.Sandboxes",
+                    ),
+                    (
+                        process_pb2_grpc.add_ProcessesServicer_to_server,
+                        ProcessesServicer(auth, service, channels),
+                        "hutch.v1.Processes",
+                    ),
+                    (
+                        files_pb2_grpc.add_FilesServicer_to_server,
+                        FilesServicer(auth, service, channels),
+                        "hutch.v1.Files",
+                    ),
+                ],
+            )
+            projection = ConsumerSpec(
+                stream=sandbox_stream(region),
+                durable="gateway",
+                filter_subjects=tuple(
+                    kind.subject(region)
+                    for kind in (
+                        events.SANDBOX_PLACED,
+                        events.SANDBOX_STARTED,
+                        events.SANDBOX_FAILED,
+                        events.SANDBOX_STOPPED,
+                    )
+                ),
+            )
+            log.info("gateway serving on port %d (region %s)", server.port, region)
+            try:
+                await supervise(
+                    shutdown,
+                    relay.run(shutdown),
+                    feed.run(shutdown),
+                    nodes.run(shutdown),
+                    bus.consume(projection, SandboxProjection(pool, relay, region), shutdown),
+                )
+            finally:
+                await server.stop()
+                await channels.close()

@@ -1,0 +1,164 @@
+"""Sandboxes as the gateway sees them, and the rules a create request must follow. Pure logic."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from hutch.core import errors
+
+DEFAULT_TEMPLATE = "base"
+DEFAULT_CPU_MILLIS = 1000
+DEFAULT_MEMORY_MB = 512
+MIN_CPU_MILLIS = 100
+MIN_MEMORY_MB = 64
+MAX_TIMEOUT_S = 365 * 24 * 3600
+MAX_METADATA = 64
+MAX_ENVS = 512
+MAX_ENV_BYTES = 256 * 1024
+
+_TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9._/-]{1,128}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+SANDBOX_ID_PREFIX = "sb-"
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    KILLED = "killed"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in (State.KILLED, State.FAILED)
+
+
+def new_id(prefix: str) -> str:
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A validated create request (see `validate_create`)."""
+
+    template: str
+    name: str
+    cpu_millis: int
+    memory_mb: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    id: str
+    tenant_id: str
+    name: str
+    template: str
+    state: State
+    cpu_millis: int
+    memory_mb: int
+    metadata: dict[str, str]
+    timeout_seconds: int
+    region: str
+    node_id: str | None
+    error_code: str
+    state_reason: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+    def error(self) -> errors.HutchError:
+        """The error a FAILED sandbox reports to whoever waited for it."""
+        return errors.error_for_code(self.error_code or "internal", self.state_reason or "the sandbox failed")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_cpu_millis: int
+    max_memory_mb: int
+
+
+def validate_create(
+    *,
+    template: str,
+    name: str,
+    cpu_millis: int,
+    memory_mb: int,
+    metadata: dict[str, str],
+    envs: dict[str, str],
+    timeout_seconds: int,
+    limits: Limits,
+) -> CreateRequest:
+    """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field."""
+    template = template or DEFAULT_TEMPLATE
+    if not _TEMPLATE.match(template):
+        raise errors.InvalidArgument(
+            f"template {template!r} is not a valid template name (lowercase letters, digits, '.', '_', '-')"
+        )
+    if name:
+        check_name(name)
+    cpu_millis = cpu_millis or DEFAULT_CPU_MILLIS
+    if not MIN_CPU_MILLIS <= cpu_millis <= limits.max_cpu_millis:
+        raise errors.InvalidArgument(
+            f"cpu must be between {MIN_CPU_MILLIS / 1000:g} and {limits.max_cpu_millis / 1000:g} vCPUs "
+            f"(got {cpu_millis / 1000:g})"
+        )
+    memory_mb = memory_mb or DEFAULT_MEMORY_MB
+    if not MIN_MEMORY_MB <= memory_mb <= limits.max_memory_mb:
+        raise errors.InvalidArgument(
+            f"memory_mb must be between {MIN_MEMORY_MB} and {limits.max_memory_mb} (got {memory_mb})"
+        )
+    if timeout_seconds > MAX_TIMEOUT_S:
+        raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
+    _check_metadata(metadata)
+    _check_envs(envs)
+    return CreateRequest(template, name, cpu_millis, memory_mb, dict(metadata), dict(envs), timeout_seconds)
+
+
+def check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise errors.InvalidArgument(
+            f"name {name!r} is not valid: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    if name.startswith(SANDBOX_ID_PREFIX):
+        raise errors.InvalidArgument(f"name {name!r} may not start with {SANDBOX_ID_PREFIX!r}, which marks sandbox ids")
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    if len(metadata) > MAX_METADATA:
+        raise errors.InvalidArgument(f"at most {MAX_METADATA} metadata entries are allowed (got {len(metadata)})")
+    for key, value in metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise errors.InvalidArgument(
+                f"metadata key {key!r} is not valid: 1-128 letters, digits, '.', '_', '/', '-'"
+            )
+        if len(value) > 1024:
+            raise errors.InvalidArgument(f"metadata value for {key!r} is longer than 1024 characters")
+
+
+def _check_envs(envs: dict[str, str]) -> None:
+    if len(envs) > MAX_ENVS:
+        raise errors.InvalidArgument(f"at most {MAX_ENVS} environment variables are allowed (got {len(envs)})")
+    total = 0
+    for key, value in envs.items():
+        if not _ENV_KEY.match(key):
+            raise errors.InvalidArgument(f"environment variable name {key!r} is not valid")
+        if "\0" in value:
+            raise errors.InvalidArgument(f"environment variable {key} contains a NUL byte")
+        total += len(key) + len(value.encode())
+    if total > MAX_ENV_BYTES:
+        raise errors.InvalidArgument(f"environment variables add up to {total} bytes; the limit is {MAX_ENV_BYTES}")
+
+
+def is_sandbox_id(ref: str) -> bool:
+    return ref.startswith(SANDBOX_ID_PREFIX)

@@ -1,0 +1,52 @@
+"""The events and node commands the gateway emits, built from its records."""
+
+from __future__ import annotations
+
+from hutch.core import events
+from hutch.core.events import Envelope
+from hutch.events.v1 import node_pb2
+from hutch.events.v1 import sandbox_pb2 as ev
+from hutch.v1 import sandbox_pb2
+from hutch_gateway.domain import CreateRequest, SandboxRecord
+
+
+def requested(record: SandboxRecord, request: CreateRequest) -> Envelope[ev.SandboxRequested]:
+    spec = ev.SandboxSpec(
+        sandbox_id=record.id,
+        tenant_id=record.tenant_id,
+        name=record.name,
+        template=record.template,
+        resources=sandbox_pb2.Resources(cpu_millis=record.cpu_millis, memory_mb=record.memory_mb),
+        envs=request.envs,
+        metadata=record.metadata,
+        timeout_seconds=record.timeout_seconds,
+        region=record.region,
+    )
+    return Envelope(
+        kind=events.SANDBOX_REQUESTED,
+        payload=ev.SandboxRequested(spec=spec),
+        tenant=record.tenant_id,
+        sandbox=record.id,
+        id=f"{record.id}.requested",
+    )
+
+
+def kill_requested(record: SandboxRecord) -> Envelope[ev.SandboxKillRequested]:
+    return Envelope(
+        kind=events.SANDBOX_KILL_REQUESTED,
+        payload=ev.SandboxKillRequested(sandbox_id=record.id),
+        tenant=record.tenant_id,
+        sandbox=record.id,
+        id=f"{record.id}.kill_requested",
+    )
+
+
+def kill_command(record: SandboxRecord, reason: str = "killed") -> Envelope[node_pb2.NodeCommand]:
+    command = node_pb2.NodeCommand(kill=node_pb2.KillSandbox(sandbox_id=record.id, reason=reason))
+    return Envelope(
+        kind=events.NODE_COMMAND,
+        payload=command,
+        tenant=record.tenant_id,
+        sandbox=record.id,
+        id=f"{record.id}.kill",
+    )

@@ -1,0 +1,176 @@
+"""The public gRPC API. Thin: authenticate, convert, delegate, convert back.
+
+Sandboxes calls go to the SandboxService. Processes and Files calls are proxied to the node-agent
+that runs the sandbox, after the sandbox reference (id or name) has been resolved within the
+caller's tenant and replaced by the sandbox id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from hutch.core import errors
+from hutch.core.grpc_runtime import Context, error_from_rpc
+from hutch.core.nodes import NodeInfo
+
+if TYPE_CHECKING:
+    from hutch.internal.v1.node_agent_pb2_grpc import NodeAgentAsyncStub
+from hutch.v1 import files_pb2, files_pb2_grpc, process_pb2, process_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
+from hutch_gateway import convert
+from hutch_gateway.auth import Authenticator, key_from_metadata
+from hutch_gateway.dataplane import NodeChannels
+from hutch_gateway.domain import Limits, validate_create
+from hutch_gateway.service import SandboxService
+
+R = TypeVar("R", bound=Message)
+
+
+class _Authenticated:
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    async def _tenant(self, context: Context) -> str:
+        return await self._auth.tenant(key_from_metadata(context.invocation_metadata() or ()))
+
+
+class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
+    def __init__(self, auth: Authenticator, service: SandboxService, limits: Limits) -> None:
+        super().__init__(auth)
+        self._service = service
+        self._limits = limits
+
+    async def Create(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        create = validate_create(
+            template=request.template,
+            name=request.name,
+            cpu_millis=request.resources.cpu_millis,
+            memory_mb=request.resources.memory_mb,
+            metadata=dict(request.metadata),
+            envs=dict(request.envs),
+            timeout_seconds=request.timeout_seconds,
+            limits=self._limits,
+        )
+        return convert.sandbox(await self._service.create(tenant, create))
+
+    async def Get(self, request: sandbox_pb2.GetSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        return convert.sandbox(await self._service.get(tenant, request.sandbox))
+
+    async def List(
+        self, request: sandbox_pb2.ListSandboxesRequest, context: Context
+    ) -> sandbox_pb2.ListSandboxesResponse:
+        tenant = await self._tenant(context)
+        records, token = await self._service.list(
+            tenant,
+            dict(request.metadata),
+            convert.states(list(request.states)),
+            request.page_size,
+            request.page_token,
+        )
+        return sandbox_pb2.ListSandboxesResponse(sandboxes=[convert.sandbox(r) for r in records], next_page_token=token)
+
+    async def Kill(self, request: sandbox_pb2.KillSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        return convert.sandbox(await self._service.kill(tenant, request.sandbox))
+
+
+class _Proxy(_Authenticated):
+    def __init__(self, auth: Authenticator, service: SandboxService, nodes: NodeChannels) -> None:
+        super().__init__(auth)
+        self._service = service
+        self._nodes = nodes
+
+    async def _route(self, context: Context, ref: str) -> tuple[str, NodeInfo]:
+        tenant = await self._tenant(context)
+        record, node = await self._service.running(tenant, ref)
+        return record.id, node
+
+    def _stub(self, node: NodeInfo) -> NodeAgentAsyncStub:
+        return self._nodes.stub(node.address)
+
+
+class ProcessesServicer(_Proxy, process_pb2_grpc.ProcessesServicer):
+    async def Run(
+        self, request_iterator: AsyncIterator[process_pb2.RunRequest], context: Context
+    ) -> AsyncIterator[process_pb2.RunResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("event") != "start":
+            raise errors.InvalidArgument("the first message of Run must be `start` with the process config")
+        sandbox_id, node = await self._route(context, first.start.sandbox)
+        first.start.sandbox = sandbox_id
+
+        async def upstream() -> AsyncIterator[process_pb2.RunRequest]:
+            yield first
+            async for request in request_iterator:
+                yield request
+
+        call = self._stub(node).Run(upstream(), metadata=self._nodes.metadata())
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node.node_id}") from exc
+        finally:
+            call.cancel()
+
+
+class FilesServicer(_Proxy, files_pb2_grpc.FilesServicer):
+    async def Read(
+        self, request: files_pb2.ReadFileRequest, context: Context
+    ) -> AsyncIterator[files_pb2.ReadFileResponse]:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        call = self._stub(node).ReadFile(request, metadata=self._nodes.metadata())
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node.node_id}") from exc
+        finally:
+            call.cancel()
+
+    async def Write(
+        self, request_iterator: AsyncIterator[files_pb2.WriteFileRequest], context: Context
+    ) -> files_pb2.FileInfo:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("event") != "header":
+            raise errors.InvalidArgument("the first message of Write must be `header` with the path")
+        first.header.sandbox, node = await self._route(context, first.header.sandbox)
+
+        async def upstream() -> AsyncIterator[files_pb2.WriteFileRequest]:
+            yield first
+            async for request in request_iterator:
+                yield request
+
+        return await self._unary(node, self._stub(node).WriteFile(upstream(), metadata=self._nodes.metadata()))
+
+    async def List(self, request: files_pb2.ListDirRequest, context: Context) -> files_pb2.ListDirResponse:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).ListDir(request, metadata=self._nodes.metadata()))
+
+    async def Stat(self, request: files_pb2.StatRequest, context: Context) -> files_pb2.FileInfo:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).Stat(request, metadata=self._nodes.metadata()))
+
+    async def Remove(self, request: files_pb2.RemoveRequest, context: Context) -> files_pb2.RemoveResponse:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).Remove(request, metadata=self._nodes.metadata()))
+
+    async def Rename(self, request: files_pb2.RenameRequest, context: Context) -> files_pb2.FileInfo:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).Rename(request, metadata=self._nodes.metadata()))
+
+    async def MakeDir(self, request: files_pb2.MakeDirRequest, context: Context) -> files_pb2.MakeDirResponse:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).MakeDir(request, metadata=self._nodes.metadata()))
+
+    @staticmethod
+    async def _unary(node: NodeInfo, call: Awaitable[R]) -> R:
+        try:
+            return await call
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node.node_id}") from exc

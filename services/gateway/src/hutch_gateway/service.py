@@ -1,0 +1,123 @@
+"""The gateway's use cases: create, get, list and kill sandboxes, and find the node that runs one.
+
+Every method takes the caller's tenant id first; a sandbox of another tenant is simply not found.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from hutch.core import errors, events, outbox
+from hutch.core.nodes import NodeDirectory, NodeInfo
+from hutch.core.outbox import OutboxRelay
+from hutch_gateway import events_out, store
+from hutch_gateway.changes import ChangeFeed
+from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
+from hutch_gateway.settings import GatewayOptions
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 1000
+
+
+class SandboxService:
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        relay: OutboxRelay,
+        feed: ChangeFeed,
+        nodes: NodeDirectory,
+        options: GatewayOptions,
+        region: str,
+    ) -> None:
+        self._db = db
+        self._relay = relay
+        self._feed = feed
+        self._nodes = nodes
+        self._options = options
+        self._region = region
+
+    async def create(self, tenant_id: str, request: CreateRequest) -> SandboxRecord:
+        self._check_template(request.template)
+        sandbox_id = new_id(SANDBOX_ID_PREFIX)
+        async with self._db.acquire() as conn, conn.transaction():
+            record = await store.insert_sandbox(conn, sandbox_id, tenant_id, request, self._region)
+            await outbox.stage(
+                conn, events.SANDBOX_REQUESTED.subject(self._region), events_out.requested(record, request)
+            )
+        self._relay.kick()
+        record = await self._feed.wait_until(
+            sandbox_id,
+            lambda: self._reread(sandbox_id),
+            lambda r: r.state != State.PENDING,
+            self._options.create_timeout_s,
+            "a node to start it",
+        )
+        if record.state == State.FAILED:
+            raise record.error()
+        return record
+
+    def _check_template(self, template: str) -> None:
+        # Nodes report their templates; an unknown one is refused here, at once. With no node alive
+        # the scheduler gives the answer (no capacity), so the request is not refused for the wrong reason.
+        known = set().union(*(n.templates for n in self._nodes.alive()))
+        if known and template not in known:
+            raise errors.NotFound(f"template {template!r} does not exist; available: {', '.join(sorted(known))}")
+
+    async def get(self, tenant_id: str, ref: str) -> SandboxRecord:
+        record = await store.find(self._db, tenant_id, ref) if ref else None
+        if record is None:
+            raise errors.NotFound(f"sandbox {ref!r} not found" if ref else "no sandbox given: pass its id or name")
+        return record
+
+    async def list(
+        self, tenant_id: str, metadata: dict[str, str], states: list[State], page_size: int, page_token: str
+    ) -> tuple[list[SandboxRecord], str]:
+        if page_size > MAX_PAGE_SIZE:
+            raise errors.InvalidArgument(f"page_size may be at most {MAX_PAGE_SIZE}")
+        wanted = states or [State.PENDING, State.RUNNING, State.STOPPING]
+        return await store.list_for_tenant(self._db, tenant_id, metadata, wanted, page_size or 100, page_token)
+
+    async def kill(self, tenant_id: str, ref: str) -> SandboxRecord:
+        record = await self.get(tenant_id, ref)
+        if record.state.ended:
+            raise errors.FailedPrecondition(f"sandbox {record.id} is already {record.state.value}")
+        async with self._db.acquire() as conn, conn.transaction():
+            updated = await store.set_state(conn, record.id, State.STOPPING, (State.PENDING, State.RUNNING))
+            if updated is not None and record.state == State.RUNNING and record.node_id:
+                subject = events.node_command_subject(self._region, record.node_id)
+                await outbox.stage(conn, subject, events_out.kill_command(record))
+            elif updated is not None:
+                # Not started yet: the scheduler knows where (or whether) it was placed.
+                await outbox.stage(
+                    conn, events.SANDBOX_KILL_REQUESTED.subject(self._region), events_out.kill_requested(record)
+                )
+        self._relay.kick()
+        return await self._feed.wait_until(
+            record.id,
+            lambda: self._reread(record.id),
+            lambda r: r.state.ended,
+            self._options.kill_timeout_s,
+            "its node to stop it",
+        )
+
+    async def running(self, tenant_id: str, ref: str) -> tuple[SandboxRecord, NodeInfo]:
+        """The sandbox and its node, for data-plane calls; refuses sandboxes that do not run."""
+        record = await self.get(tenant_id, ref)
+        if record.state != State.RUNNING or not record.node_id:
+            raise errors.FailedPrecondition(
+                f"sandbox {record.id} is {record.state.value}, not running"
+                + (f" ({record.state_reason})" if record.state_reason else "")
+            )
+        node = self._nodes.get(record.node_id)
+        if node is None or not self._nodes.is_alive(node):
+            raise errors.Unavailable(f"node {record.node_id}, which runs sandbox {record.id}, is not answering")
+        return record, node
+
+    async def _reread(self, sandbox_id: str) -> SandboxRecord:
+        record = await store.get(self._db, sandbox_id)
+        if record is None:
+            raise errors.Internal(f"sandbox {sandbox_id} disappeared from the database")
+        return record

@@ -1,0 +1,29 @@
+"""Gateway settings (env: HUTCH_GATEWAY__*, plus the shared HUTCH_* groups)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+from hutch.core.config import ServiceSettings
+
+
+class GatewayOptions(BaseModel):
+    # When set, the gateway makes sure tenant `bootstrap_tenant` exists and accepts this key
+    # (how `hutch local up` provisions its dev key).
+    bootstrap_api_key: SecretStr = SecretStr("")
+    bootstrap_tenant: str = "dev"
+    # How long Create waits for a node to start the sandbox before answering DEADLINE_EXCEEDED.
+    create_timeout_s: float = Field(default=60.0, gt=0)
+    # How long Kill waits for the node to confirm.
+    kill_timeout_s: float = Field(default=30.0, gt=0)
+    # A node whose last heartbeat is older than this is reported unreachable.
+    node_grace_s: float = Field(default=10.0, gt=0)
+    # Upper bounds on what one sandbox may ask for.
+    max_cpu_millis: int = Field(default=16_000, ge=100)
+    max_memory_mb: int = Field(default=65_536, ge=64)
+    # How long an API key lookup is cached; a revoked key stops working within this time.
+    api_key_cache_s: float = Field(default=30.0, ge=0)
+
+
+class GatewaySettings(ServiceSettings):
+    gateway: GatewayOptions = GatewayOptions()

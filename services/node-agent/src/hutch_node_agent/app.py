@@ -1,0 +1,96 @@
+"""Wiring and lifecycle of the node-agent: the one place that knows every dependency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from hutch.core import telemetry
+from hutch.core.bus import Bus, ConsumerSpec, node_command_stream, nodes_bucket
+from hutch.core.events import node_command_subject
+from hutch.core.grpc_runtime import serve
+from hutch.core.lifecycle import shutdown_on_signals, supervise
+from hutch.internal.v1 import node_agent_pb2_grpc
+from hutch_node_agent import host, templates
+from hutch_node_agent.domain import LocalSandbox
+from hutch_node_agent.events_out import NodeEvents
+from hutch_node_agent.grpc_api import NodeAgentServicer
+from hutch_node_agent.handlers import CommandHandler
+from hutch_node_agent.heartbeat import Heartbeat
+from hutch_node_agent.layout import NodeLayout
+from hutch_node_agent.runtime import CrunRuntime
+from hutch_node_agent.sandboxes import SandboxManager
+from hutch_node_agent.settings import NodeAgentSettings
+from hutch_node_agent.supervisor.bundle import build_runtime
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: NodeAgentSettings) -> None:
+    options = settings.node
+    shutdown = shutdown_on_signals()
+    host.check_host()
+    layout = NodeLayout(options.root_dir)
+    layout.create()
+    store = templates.TemplateStore(options.templates_dir)
+    if templates.BASE not in store.names() and options.build_base_template:
+        await asyncio.to_thread(templates.build_base, options.templates_dir)
+    supervisor_runtime = await asyncio.to_thread(build_runtime, layout.runtime_cache)
+    runtime = CrunRuntime(layout.crun_state)
+
+    with telemetry.tracing(settings.telemetry, "node-agent", settings.region):
+        async with Bus.connect(settings.nats, settings.region, f"node-agent-{options.id}") as bus:
+            node_events = NodeEvents(bus, options.id)
+            changed = asyncio.Event()
+
+            async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
+                await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
+                changed.set()
+
+            manager = SandboxManager(options, layout, runtime, store, supervisor_runtime, on_stopped)
+            for ended in await manager.recover():
+                await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
+
+            token = settings.internal_token.get_secret_value()
+            server = await serve(
+                settings.grpc,
+                [
+                    (
+                        node_agent_pb2_grpc.add_NodeAgentServicer_to_server,
+                        NodeAgentServicer(manager, options),
+                        "hutch.internal.v1.NodeAgent",
+                    )
+                ],
+                internal_token=token or None,
+            )
+            address = f"{options.advertise_host}:{server.port}"
+            heartbeat = Heartbeat(
+                await bus.kv(nodes_bucket(settings.region)),
+                options,
+                settings.region,
+                address,
+                manager,
+                store,
+                [runtime.isolation_class],
+                changed,
+            )
+            commands = ConsumerSpec(
+                stream=node_command_stream(settings.region),
+                durable=f"node-{options.id}",
+                filter_subjects=(node_command_subject(settings.region, options.id),),
+                max_in_flight=16,
+            )
+            handler = CommandHandler(manager, node_events, changed)
+
+            log.info("node-agent %s serving on %s (region %s)", options.id, address, settings.region)
+            try:
+                await supervise(
+                    shutdown,
+                    heartbeat.run(shutdown),
+                    bus.consume(commands, handler, shutdown),
+                )
+            finally:
+                await server.stop()
+                with contextlib.suppress(Exception):
+                    await manager.close()

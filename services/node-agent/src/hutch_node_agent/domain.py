@@ -1,0 +1,77 @@
+"""What the node-agent knows about a sandbox, free of protobuf and transport types."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from hutch.core import errors
+
+# Sandbox ids name folders, cgroups and crun containers on the host, so they are checked here
+# even though they come from the platform's own scheduler.
+_SANDBOX_ID = re.compile(r"^sb-[a-z0-9]{8,40}$")
+
+Status = Literal["starting", "running", "stopping", "stopped"]
+
+
+def check_sandbox_id(sandbox_id: str) -> str:
+    if not _SANDBOX_ID.match(sandbox_id):
+        raise errors.InvalidArgument(f"malformed sandbox id {sandbox_id!r}")
+    return sandbox_id
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    sandbox_id: str
+    tenant_id: str
+    template: str
+    cpu_millis: int
+    memory_mb: int
+    name: str = ""
+    envs: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: int = 0
+
+
+@dataclass
+class LocalSandbox:
+    """A sandbox this node runs (or ran, until its folder is removed)."""
+
+    request: SandboxRequest
+    status: Status
+    # The environment every process starts with: the template's, then the sandbox's own.
+    env: dict[str, str]
+    default_user: str
+    workdir: str
+    init_pid: int = 0
+    started_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.request.sandbox_id
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "request": asdict(self.request),
+            "status": self.status,
+            "env": self.env,
+            "default_user": self.default_user,
+            "workdir": self.workdir,
+            "init_pid": self.init_pid,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> LocalSandbox:
+        started = data.get("started_at")
+        return cls(
+            request=SandboxRequest(**data["request"]),
+            status=data["status"],
+            env=data["env"],
+            default_user=data["default_user"],
+            workdir=data["workdir"],
+            init_pid=data.get("init_pid", 0),
+            started_at=datetime.fromisoformat(started) if started else None,
+        )

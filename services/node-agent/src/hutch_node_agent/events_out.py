@@ -1,0 +1,58 @@
+"""The events a node-agent publishes about its sandboxes.
+
+Event ids are derived from the sandbox id and the transition, so a command that is redelivered and
+handled twice publishes the same id twice and JetStream keeps one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hutch.core import errors, events
+from hutch.core.bus import Bus
+from hutch.events.v1 import sandbox_pb2 as ev
+from hutch_node_agent.domain import LocalSandbox, SandboxRequest
+
+M = TypeVar("M", bound=Message)
+
+
+def _timestamp(when: datetime | None = None) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when or datetime.now(UTC))
+    return stamp
+
+
+class NodeEvents:
+    def __init__(self, bus: Bus, node_id: str) -> None:
+        self._bus = bus
+        self._node_id = node_id
+
+    async def _publish(self, kind: events.EventKind[M], event_id: str, tenant: str, sandbox: str, payload: M) -> None:
+        envelope = events.Envelope(kind=kind, payload=payload, tenant=tenant, sandbox=sandbox, id=event_id)
+        await self._bus.publish(kind.subject(self._bus.region), envelope)
+
+    async def started(self, sandbox: LocalSandbox) -> None:
+        payload = ev.SandboxStarted(
+            sandbox_id=sandbox.id, node_id=self._node_id, started_at=_timestamp(sandbox.started_at)
+        )
+        await self._publish(
+            events.SANDBOX_STARTED, f"{sandbox.id}.started", sandbox.request.tenant_id, sandbox.id, payload
+        )
+
+    async def failed(self, request: SandboxRequest, error: errors.HutchError) -> None:
+        payload = ev.SandboxFailed(
+            sandbox_id=request.sandbox_id, node_id=self._node_id, code=error.code, message=error.message
+        )
+        await self._publish(
+            events.SANDBOX_FAILED, f"{request.sandbox_id}.failed", request.tenant_id, request.sandbox_id, payload
+        )
+
+    async def stopped(self, sandbox_id: str, tenant_id: str, reason: str) -> None:
+        payload = ev.SandboxStopped(
+            sandbox_id=sandbox_id, node_id=self._node_id, reason=reason, stopped_at=_timestamp()
+        )
+        await self._publish(events.SANDBOX_STOPPED, f"{sandbox_id}.stopped", tenant_id, sandbox_id, payload)

@@ -1,0 +1,59 @@
+"""Handles the commands the scheduler and gateway send to this node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+from google.protobuf.message import Message
+
+from hutch.core import errors
+from hutch.core.events import Envelope
+from hutch.events.v1 import node_pb2
+from hutch_node_agent.convert import request_from_spec
+from hutch_node_agent.events_out import NodeEvents
+from hutch_node_agent.sandboxes import SandboxManager
+
+log = logging.getLogger(__name__)
+
+
+class CommandHandler:
+    def __init__(self, manager: SandboxManager, events: NodeEvents, changed: asyncio.Event) -> None:
+        self._manager = manager
+        self._events = events
+        self._changed = changed
+
+    async def __call__(self, envelope: Envelope[Message]) -> None:
+        command = cast(node_pb2.NodeCommand, envelope.payload)
+        which = command.WhichOneof("command")
+        if which == "create":
+            await self._create(command.create)
+        elif which == "kill":
+            await self._kill(command.kill, envelope.tenant)
+        else:
+            log.error("ignoring a node command without a known body (%s)", which)
+        self._changed.set()
+
+    async def _create(self, create: node_pb2.CreateSandbox) -> None:
+        request = request_from_spec(create.spec)
+        try:
+            sandbox = await self._manager.create(request)
+        except errors.Unavailable:
+            raise  # redelivered later
+        except errors.HutchError as exc:
+            log.warning("sandbox %s failed to start: %s", request.sandbox_id, exc.message)
+            await self._events.failed(request, exc)
+            return
+        except Exception as exc:
+            log.exception("sandbox %s failed to start", request.sandbox_id)
+            await self._events.failed(request, errors.Internal(f"the node could not start the sandbox: {exc}"))
+            return
+        await self._events.started(sandbox)
+
+    async def _kill(self, kill: node_pb2.KillSandbox, tenant: str) -> None:
+        # A sandbox that was running reports its stop through the manager's callback. One that is
+        # not here (never started, or already gone) is confirmed stopped right away so that the
+        # gateway waiting on the kill is never left hanging.
+        if not await self._manager.kill(kill.sandbox_id, kill.reason or "killed"):
+            await self._events.stopped(kill.sandbox_id, tenant, kill.reason or "killed")

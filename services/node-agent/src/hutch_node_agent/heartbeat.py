@@ -1,0 +1,75 @@
+"""Publishes this node's liveness and capacity to the region's node KV bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.js.kv import KeyValue
+
+from hutch.events.v1 import node_pb2
+from hutch_node_agent.sandboxes import SandboxManager
+from hutch_node_agent.settings import NodeOptions
+from hutch_node_agent.templates import TemplateStore
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        kv: KeyValue,
+        options: NodeOptions,
+        region: str,
+        address: str,
+        manager: SandboxManager,
+        templates: TemplateStore,
+        isolation_classes: list[str],
+        changed: asyncio.Event,
+    ) -> None:
+        self._kv = kv
+        self._options = options
+        self._region = region
+        self._address = address
+        self._manager = manager
+        self._templates = templates
+        self._classes = isolation_classes
+        self._started_at = Timestamp()
+        self._started_at.FromDatetime(datetime.now(UTC))
+        # Set by whoever changes what the node holds, so the next heartbeat goes out at once.
+        self._wake = changed
+
+    def message(self) -> node_pb2.NodeHeartbeat:
+        cpu, memory = self._manager.allocated()
+        sent_at = Timestamp()
+        sent_at.FromDatetime(datetime.now(UTC))
+        return node_pb2.NodeHeartbeat(
+            node_id=self._options.id,
+            region=self._region,
+            address=self._address,
+            cpu_millis_total=self._options.measured_cpu_millis(),
+            memory_mb_total=self._options.measured_memory_mb(),
+            cpu_millis_allocated=cpu,
+            memory_mb_allocated=memory,
+            sandboxes=len(self._manager.all()),
+            templates=self._templates.names(),
+            isolation_classes=self._classes,
+            started_at=self._started_at,
+            sent_at=sent_at,
+            version=VERSION,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._kv.put(self._options.id, self.message().SerializeToString())
+            except Exception as exc:  # NATS away: keep trying; missed beats are what node loss means
+                log.warning("heartbeat failed: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._options.heartbeat_interval_s)
+            self._wake.clear()

@@ -1,0 +1,80 @@
+"""Where a node-agent keeps things on disk.
+
+<root>/sandboxes/<id>/      one folder per sandbox
+    sandbox.json            the node's record of it (survives node-agent restarts)
+    config.json             its OCI runtime configuration; the folder is the OCI bundle
+    upper/ work/            the overlay's private writable layer
+    rootfs/                 the overlay mount: the sandbox's /
+    run/                    mounted at /.hutch/run inside: the supervisor's socket
+    init.log                the supervisor's own output
+<root>/runtime/<hash>/      the supervisor's private Python runtime, shared by all sandboxes
+<root>/crun/                crun's state folder (private to this node-agent)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch_node_agent.supervisor.protocol import SOCKET_NAME
+
+
+@dataclass(frozen=True)
+class SandboxPaths:
+    dir: Path
+
+    @property
+    def record(self) -> Path:
+        return self.dir / "sandbox.json"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.dir / "work"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.dir / "rootfs"
+
+    @property
+    def run(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / SOCKET_NAME
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "init.log"
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    root: Path
+
+    @property
+    def sandboxes(self) -> Path:
+        return self.root / "sandboxes"
+
+    @property
+    def runtime_cache(self) -> Path:
+        return self.root / "runtime"
+
+    @property
+    def crun_state(self) -> Path:
+        return self.root / "crun"
+
+    def sandbox(self, sandbox_id: str) -> SandboxPaths:
+        return SandboxPaths(self.sandboxes / sandbox_id)
+
+    def create(self) -> None:
+        for folder in (self.sandboxes, self.runtime_cache, self.crun_state):
+            folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,298 @@
+"""The sandboxes of one node: create, kill, find again after a restart, notice when one ends.
+
+Every operation on a sandbox holds that sandbox's lock, so a kill that arrives while the create is
+still running waits for it, and a redelivered create for a running sandbox is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from hutch.core import errors
+from hutch_node_agent import oci, rootfs
+from hutch_node_agent.domain import LocalSandbox, SandboxRequest, check_sandbox_id
+from hutch_node_agent.layout import NodeLayout, SandboxPaths
+from hutch_node_agent.runtime import Runtime
+from hutch_node_agent.settings import NodeOptions
+from hutch_node_agent.supervisor.bundle import SupervisorRuntime
+from hutch_node_agent.supervisor.client import SupervisorClient
+from hutch_node_agent.templates import TemplateStore
+
+log = logging.getLogger(__name__)
+
+# Called once when a sandbox that was running has stopped, with the reason ("killed", "timeout",
+# "exited"); the node-agent publishes the stopped event from it.
+StoppedCallback = Callable[[LocalSandbox, str], Awaitable[None]]
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        options: NodeOptions,
+        layout: NodeLayout,
+        runtime: Runtime,
+        templates: TemplateStore,
+        supervisor: SupervisorRuntime,
+        on_stopped: StoppedCallback,
+    ) -> None:
+        self._options = options
+        self._layout = layout
+        self._runtime = runtime
+        self._templates = templates
+        self._supervisor = supervisor
+        self._on_stopped = on_stopped
+        self._sandboxes: dict[str, LocalSandbox] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._watchers: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def running(self, sandbox_id: str) -> LocalSandbox:
+        """The sandbox, if it runs here; raises NotFound or FailedPrecondition otherwise."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise errors.NotFound(f"sandbox {sandbox_id} is not on this node")
+        if sandbox.status != "running":
+            raise errors.FailedPrecondition(f"sandbox {sandbox_id} is {sandbox.status}, not running")
+        return sandbox
+
+    def supervisor(self, sandbox_id: str) -> SupervisorClient:
+        return SupervisorClient(self._layout.sandbox(sandbox_id).socket)
+
+    def all(self) -> list[LocalSandbox]:
+        return list(self._sandboxes.values())
+
+    def allocated(self) -> tuple[int, int]:
+        """(cpu millis, memory MB) held by sandboxes that are starting or running."""
+        live = [s.request for s in self._sandboxes.values() if s.status in ("starting", "running")]
+        return sum(r.cpu_millis for r in live), sum(r.memory_mb for r in live)
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, request: SandboxRequest) -> LocalSandbox:
+        check_sandbox_id(request.sandbox_id)
+        async with self._locks[request.sandbox_id]:
+            existing = self._sandboxes.get(request.sandbox_id)
+            if existing is not None and existing.status == "running":
+                return existing  # a redelivered command: the sandbox already runs
+            if existing is not None:
+                raise errors.FailedPrecondition(f"sandbox {request.sandbox_id} is {existing.status}")
+            self._check_capacity(request)
+            template = self._templates.get(request.template)
+            env = dict(item.split("=", 1) for item in template.env if "=" in item)
+            env.update(request.envs)
+            sandbox = LocalSandbox(
+                request=request,
+                status="starting",
+                env=env,
+                default_user=template.user,
+                workdir=template.workdir,
+            )
+            paths = self._layout.sandbox(request.sandbox_id)
+            self._sandboxes[sandbox.id] = sandbox
+            try:
+                await self._start(sandbox, paths, template.rootfs)
+            except BaseException:
+                await self._teardown(sandbox.id, paths)
+                self._sandboxes.pop(sandbox.id, None)
+                raise
+            return sandbox
+
+    def _check_capacity(self, request: SandboxRequest) -> None:
+        cpu, memory = self.allocated()
+        cpu_total, memory_total = self._options.measured_cpu_millis(), self._options.measured_memory_mb()
+        if cpu + request.cpu_millis > cpu_total or memory + request.memory_mb > memory_total:
+            raise errors.ResourceExhausted(
+                f"node {self._options.id} has {cpu_total - cpu} mCPU and {memory_total - memory} MB free; "
+                f"the sandbox asks for {request.cpu_millis} mCPU and {request.memory_mb} MB"
+            )
+
+    async def _start(self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: os.PathLike[str]) -> None:
+        if paths.dir.exists():  # leftovers of an attempt that died half-way
+            await self._teardown(sandbox.id, paths)
+        paths.dir.mkdir(parents=True)
+        paths.run.mkdir(mode=0o700)
+        await rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)  # type: ignore[list-item]
+        _write_identity_files(paths, sandbox.id)
+        spec = oci.ContainerSpec(
+            sandbox_id=sandbox.id,
+            rootfs=str(paths.rootfs),
+            supervisor_argv=self._supervisor.argv(),
+            supervisor_env=self._supervisor.env(f"{oci.RUN_MOUNT}/{paths.socket.name}", sandbox.default_user),
+            supervisor_dir=str(self._supervisor.host_dir),
+            supervisor_mount=self._supervisor.MOUNT_POINT,
+            run_dir=str(paths.run),
+            cpu_millis=sandbox.request.cpu_millis,
+            memory_mb=sandbox.request.memory_mb,
+            pids_limit=self._options.pids_limit,
+            open_files_limit=self._options.open_files_limit,
+            cgroup_path=f"/{self._options.cgroup_parent}/{sandbox.id}",
+        )
+        paths.config.write_text(json.dumps(oci.container_config(spec)))
+        self._save(sandbox, paths)
+        sandbox.init_pid = await self._runtime.run_detached(sandbox.id, paths.dir, paths.log)
+        await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
+        sandbox.status = "running"
+        sandbox.started_at = datetime.now(UTC)
+        self._save(sandbox, paths)
+        self._watch(sandbox)
+
+    # -- kill ------------------------------------------------------------------------------
+
+    async def kill(self, sandbox_id: str, reason: str) -> bool:
+        """Stops the sandbox and frees everything it held.
+
+        Returns True when it was running, in which case the stopped callback has been called;
+        False when it was not running here.
+        """
+        check_sandbox_id(sandbox_id)
+        async with self._locks[sandbox_id]:
+            sandbox = self._sandboxes.get(sandbox_id)
+            paths = self._layout.sandbox(sandbox_id)
+            if sandbox is None:
+                if paths.dir.exists():  # a folder without a live record: clean it up anyway
+                    await self._teardown(sandbox_id, paths)
+                return False
+            was_running = sandbox.status == "running"
+            sandbox.status = "stopping"
+            await self._teardown(sandbox_id, paths)
+            sandbox.status = "stopped"
+            self._sandboxes.pop(sandbox_id, None)
+        if was_running:
+            await self._on_stopped(sandbox, reason)
+        return was_running
+
+    async def _teardown(self, sandbox_id: str, paths: SandboxPaths) -> None:
+        self._unwatch(sandbox_id)
+        await self._runtime.kill(sandbox_id)
+        await self._runtime.delete(sandbox_id)
+        await rootfs.unmount(paths.rootfs)
+        await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+
+    # -- restart recovery ------------------------------------------------------------------
+
+    async def recover(self) -> list[LocalSandbox]:
+        """Finds the sandboxes a previous node-agent process left; returns those that had ended."""
+        ended = []
+        if not self._layout.sandboxes.is_dir():
+            return ended
+        states = await self._runtime.list()
+        for folder in sorted(self._layout.sandboxes.iterdir()):
+            paths = SandboxPaths(folder)
+            try:
+                sandbox = LocalSandbox.from_record(json.loads(paths.record.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("removing %s: unreadable record (%s)", folder, exc)
+                await self._teardown(folder.name, paths)
+                continue
+            state = states.get(sandbox.id)
+            if sandbox.status == "running" and state is not None and state.status == "running":
+                sandbox.init_pid = state.pid
+                self._sandboxes[sandbox.id] = sandbox
+                self._watch(sandbox)
+                log.info("found running sandbox %s again (init pid %d)", sandbox.id, state.pid)
+                continue
+            log.info("sandbox %s ended while the node-agent was away", sandbox.id)
+            await self._teardown(sandbox.id, paths)
+            if sandbox.status == "running":
+                ended.append(sandbox)
+        return ended
+
+    # -- watching for ends -----------------------------------------------------------------
+
+    def _watch(self, sandbox: LocalSandbox) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(sandbox.init_pid)
+        except ProcessLookupError:
+            self._spawn(self._ended_by_itself(sandbox.id))
+            return
+        self._watchers[sandbox.id] = fd
+        loop.add_reader(fd, lambda: self._spawn(self._ended_by_itself(sandbox.id)))
+        timeout = sandbox.request.timeout_seconds
+        if timeout and sandbox.started_at is not None:
+            remaining = timeout - (datetime.now(UTC) - sandbox.started_at).total_seconds()
+            self._timers[sandbox.id] = loop.call_later(
+                max(0.0, remaining), lambda: self._spawn(self.kill(sandbox.id, "timeout"), discard=True)
+            )
+
+    def _unwatch(self, sandbox_id: str) -> None:
+        fd = self._watchers.pop(sandbox_id, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+        timer = self._timers.pop(sandbox_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _spawn(self, coro: Awaitable[object], discard: bool = False) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background sandbox task failed")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ended_by_itself(self, sandbox_id: str) -> None:
+        self._unwatch(sandbox_id)
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.status != "running":
+            return  # a kill is already taking care of it
+        log.info("sandbox %s ended: its init process exited", sandbox_id)
+        await self.kill(sandbox_id, "exited")
+
+    async def close(self) -> None:
+        """Stops watching; sandboxes keep running for the next node-agent process."""
+        for sandbox_id in list(self._watchers):
+            self._unwatch(sandbox_id)
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _save(self, sandbox: LocalSandbox, paths: SandboxPaths) -> None:
+        tmp = paths.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sandbox.to_record()))
+        tmp.replace(paths.record)
+
+
+def _write_identity_files(paths: SandboxPaths, hostname: str) -> None:
+    """Writes /etc/hostname and /etc/hosts into the sandbox's root from the host side.
+
+    The template may be an untrusted image, so nothing here follows a symbolic link: a planted
+    `/etc -> /host/path` or `/etc/hosts -> ...` must not make the node-agent write outside the sandbox.
+    """
+    root = os.open(paths.rootfs, os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            os.mkdir("etc", 0o755, dir_fd=root)
+        except FileExistsError:
+            pass
+        etc = os.open("etc", os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
+        try:
+            hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t{hostname}\n"
+            for name, content in (("hostname", f"{hostname}\n"), ("hosts", hosts)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=etc)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=etc)
+                with os.fdopen(fd, "w") as out:
+                    out.write(content)
+        finally:
+            os.close(etc)
+    except OSError as exc:
+        raise errors.InvalidArgument(f"the template's /etc cannot hold the sandbox's host files: {exc}") from exc
+    finally:
+        os.close(root)

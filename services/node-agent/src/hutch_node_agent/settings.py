@@ -1,0 +1,73 @@
+"""Node-agent settings (env: HUTCH_NODE__*, plus the shared HUTCH_* groups)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from hutch.core.config import ServiceSettings
+
+_NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _default_node_id() -> str:
+    name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    return name[:63] or "node"
+
+
+class NodeOptions(BaseModel):
+    # Stable identity of this node; it names the node's command subject and KV key.
+    id: str = Field(default_factory=_default_node_id)
+    # Sandboxes, the supervisor runtime and crun's state live here (must support overlayfs upper dirs).
+    root_dir: Path = Path("/var/lib/hutch/node")
+    # Extracted templates, shared by every node-agent on the host: <templates_dir>/<name>/rootfs.
+    templates_dir: Path = Path("/var/lib/hutch/templates")
+    # Build the base template at start when it is missing (about 20-40 s, from Debian packages).
+    build_base_template: bool = True
+    # The host the gateway dials for this node's data plane.
+    advertise_host: str = "127.0.0.1"
+    # Capacity offered to the scheduler; 0 means "measure the host".
+    cpu_millis: int = Field(default=0, ge=0)
+    memory_mb: int = Field(default=0, ge=0)
+    # Memory kept back for the host and the platform when memory_mb is measured.
+    reserved_memory_mb: int = Field(default=1024, ge=0)
+    # Each sandbox's cgroup is <cgroup_parent>/<sandbox id> in every controller hierarchy.
+    cgroup_parent: str = "hutch"
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # Largest single file a Files.Write may upload.
+    max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
+    # Longest wait for a new sandbox's supervisor to answer.
+    start_timeout_s: float = Field(default=30.0, gt=0)
+    pids_limit: int = Field(default=1024, ge=16)
+    open_files_limit: int = Field(default=4096, ge=64)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_subject_token(cls, value: str) -> str:
+        if not _NODE_ID.match(value):
+            raise ValueError("node id must be 1-63 lowercase letters, digits or '-'")
+        return value
+
+    @field_validator("cgroup_parent")
+    @classmethod
+    def _cgroup_parent_is_relative(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("cgroup_parent must be a relative cgroup path such as 'hutch'")
+        return value
+
+    def measured_cpu_millis(self) -> int:
+        return self.cpu_millis or (os.cpu_count() or 1) * 1000
+
+    def measured_memory_mb(self) -> int:
+        if self.memory_mb:
+            return self.memory_mb
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        return max(256, total_mb - self.reserved_memory_mb)
+
+
+class NodeAgentSettings(ServiceSettings):
+    node: NodeOptions = NodeOptions()

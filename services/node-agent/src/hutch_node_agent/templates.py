@@ -1,0 +1,128 @@
+"""Templates: read-only root filesystems that sandboxes start from.
+
+A template is a folder `<templates_dir>/<name>/` holding `rootfs/` (the extracted filesystem, the
+lowest overlay layer of every sandbox made from it) and `template.json` (its default environment,
+working directory and user). Templates are never written to after they are published: the folder
+is built under a temporary name and renamed into place, so a half-built template is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch.core import errors
+
+log = logging.getLogger(__name__)
+
+BASE = "base"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What the base template offers an agent: a shell, coreutils, Python with pip and venv, git, curl,
+# an editor, and the usual process tools.
+BASE_PACKAGES = (
+    "bash",
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "git",
+    "curl",
+    "ca-certificates",
+    "procps",
+    "psmisc",
+    "less",
+    "vim-tiny",
+    "iproute2",
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    rootfs: Path
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+
+
+class TemplateStore:
+    """The templates this node can start sandboxes from."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.dir = templates_dir
+
+    def get(self, name: str) -> Template:
+        folder = self.dir / name
+        try:
+            meta = json.loads((folder / "template.json").read_text())
+        except FileNotFoundError:
+            raise errors.NotFound(f"template {name!r} is not installed on this node") from None
+        return Template(
+            name=name,
+            rootfs=folder / "rootfs",
+            env=tuple(meta.get("env", [f"PATH={DEFAULT_PATH}"])),
+            workdir=meta.get("workdir", "/"),
+            user=meta.get("user", "root"),
+        )
+
+    def names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir() if (p / "template.json").is_file())
+
+
+def host_suite() -> str:
+    """The Debian suite this host uses, so the base template matches the host's apt sources."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"') or "bookworm"
+    return "bookworm"
+
+
+def build_base(templates_dir: Path) -> Template:
+    """Builds the `base` template with mmdebstrap from the host's own apt sources.
+
+    No registry is involved: mmdebstrap reads the machine's apt configuration, so the template comes
+    from the same Debian mirror the host already uses.
+    """
+    store = TemplateStore(templates_dir)
+    if BASE in store.names():
+        return store.get(BASE)
+    if shutil.which("mmdebstrap") is None:
+        raise errors.FailedPrecondition("mmdebstrap is not installed: run `make deps` (apt-get install mmdebstrap)")
+    templates_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".base-", dir=templates_dir))
+    try:
+        rootfs = staging / "rootfs"
+        log.info("building the base template in %s (takes about half a minute)", staging)
+        subprocess.run(
+            [
+                "mmdebstrap",
+                "--variant=apt",
+                "--quiet",
+                f"--include={','.join(BASE_PACKAGES)}",
+                '--customize-hook=chroot "$1" useradd --create-home --shell /bin/bash --uid 1000 user',
+                '--customize-hook=rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*',
+                host_suite(),
+                str(rootfs),
+            ],
+            check=True,
+        )
+        meta = {
+            "env": [f"PATH={DEFAULT_PATH}", "LANG=C.UTF-8", "TERM=xterm-256color"],
+            "workdir": "/root",
+            "user": "root",
+            "source": f"mmdebstrap {host_suite()}",
+        }
+        (staging / "template.json").write_text(json.dumps(meta, indent=2))
+        os.chmod(staging, 0o755)
+        staging.rename(templates_dir / BASE)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return store.get(BASE)

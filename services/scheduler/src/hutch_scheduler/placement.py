@@ -1,0 +1,60 @@
+"""Choosing a node for a sandbox. Pure logic: no I/O, no transport types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hutch.core import errors
+
+
+@dataclass(frozen=True)
+class Demand:
+    cpu_millis: int
+    memory_mb: int
+    template: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A live node with what it offers and what is already placed on it."""
+
+    node_id: str
+    cpu_millis_total: int
+    memory_mb_total: int
+    cpu_millis_used: int
+    memory_mb_used: int
+    templates: frozenset[str]
+
+    @property
+    def cpu_free(self) -> int:
+        return self.cpu_millis_total - self.cpu_millis_used
+
+    @property
+    def memory_free(self) -> int:
+        return self.memory_mb_total - self.memory_mb_used
+
+
+def choose_node(demand: Demand, candidates: list[Candidate], region: str) -> str:
+    """The node to run the sandbox on: among those that fit, the one with most memory left.
+
+    Spreading by free memory keeps nodes evenly loaded, so one node's noisy sandboxes disturb as few
+    others as possible. Raises when nothing fits, with numbers a person can act on.
+    """
+    if not candidates:
+        raise errors.Unavailable(f"no node is running in region {region!r}: start a node-agent")
+    with_template = [c for c in candidates if demand.template in c.templates]
+    if not with_template:
+        known = sorted(set().union(*(c.templates for c in candidates)))
+        raise errors.NotFound(
+            f"template {demand.template!r} is not installed on any node in region {region!r}; "
+            f"available: {', '.join(known) or 'none'}"
+        )
+    fitting = [c for c in with_template if c.cpu_free >= demand.cpu_millis and c.memory_free >= demand.memory_mb]
+    if not fitting:
+        best = max(with_template, key=lambda c: (c.memory_free, c.cpu_free))
+        raise errors.ResourceExhausted(
+            f"no node has room for {demand.cpu_millis / 1000:g} vCPU and {demand.memory_mb} MB "
+            f"(the roomiest node, {best.node_id}, has {max(0, best.cpu_free) / 1000:g} vCPU and "
+            f"{max(0, best.memory_free)} MB free): kill idle sandboxes, ask for less, or add nodes"
+        )
+    return max(fitting, key=lambda c: (c.memory_free, c.cpu_free, c.node_id)).node_id

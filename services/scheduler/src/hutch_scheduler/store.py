@@ -1,0 +1,57 @@
+"""The placements ledger in PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+
+from hutch_scheduler.placement import Demand
+
+
+def region_lock_key(region: str) -> int:
+    """Placements in one region are decided one at a time, also across scheduler replicas."""
+    return int.from_bytes(hashlib.sha256(f"hutch-placement:{region}".encode()).digest()[:8], "big", signed=True)
+
+
+async def lock_region(conn: asyncpg.Connection, region: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", region_lock_key(region))
+
+
+async def exists(conn: asyncpg.Connection, sandbox_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM placements WHERE sandbox_id = $1", sandbox_id))
+
+
+async def usage_by_node(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+    rows = await conn.fetch(
+        "SELECT node_id, sum(cpu_millis) AS cpu, sum(memory_mb) AS memory FROM placements WHERE active GROUP BY node_id"
+    )
+    return {r["node_id"]: (int(r["cpu"]), int(r["memory"])) for r in rows}
+
+
+async def record(
+    conn: asyncpg.Connection, sandbox_id: str, tenant_id: str, node_id: str | None, demand: Demand
+) -> None:
+    await conn.execute(
+        "INSERT INTO placements (sandbox_id, tenant_id, node_id, cpu_millis, memory_mb, active) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        sandbox_id,
+        tenant_id,
+        node_id,
+        demand.cpu_millis,
+        demand.memory_mb,
+        node_id is not None,
+    )
+
+
+async def release(conn: asyncpg.Connection | asyncpg.Pool, sandbox_id: str) -> None:
+    await conn.execute(
+        "UPDATE placements SET active = false, released_at = now() WHERE sandbox_id = $1 AND active", sandbox_id
+    )
+
+
+async def active_node(conn: asyncpg.Connection, sandbox_id: str) -> str | None:
+    node: str | None = await conn.fetchval(
+        "SELECT node_id FROM placements WHERE sandbox_id = $1 AND active", sandbox_id
+    )
+    return node

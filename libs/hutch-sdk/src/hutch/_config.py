@@ -104,8 +104,7 @@ def parse_endpoint(endpoint: str, *, insecure: bool = False) -> tuple[str, bool]
         scheme, rest = "", text
     elif scheme not in ("http", "https"):
         raise InvalidArgumentError(
-            f"endpoint {endpoint!r} has scheme {scheme!r}: use host:port, http://host:port or "
-            "https://host:port"
+            f"endpoint {endpoint!r} has scheme {scheme!r}: use host:port, http://host:port or https://host:port"
         )
     parts = urlsplit(f"//{rest}")
     try:
@@ -114,9 +113,7 @@ def parse_endpoint(endpoint: str, *, insecure: bool = False) -> tuple[str, bool]
         raise InvalidArgumentError(f"endpoint {endpoint!r} has an invalid port") from exc
     host = parts.hostname
     if not host or parts.path.strip("/") or parts.query or parts.fragment or parts.username:
-        raise InvalidArgumentError(
-            f"endpoint {endpoint!r} is not host:port, http://host:port or https://host:port"
-        )
+        raise InvalidArgumentError(f"endpoint {endpoint!r} is not host:port, http://host:port or https://host:port")
     secure = not insecure and (scheme == "https" or (not scheme and not _is_loopback(host)))
     if port is None:
         port = {"https": 443, "http": 80}.get(scheme, 443 if secure else _DEFAULT_PORT)
@@ -165,6 +162,4 @@ def resolve(
     where = where or DEFAULT_ENDPOINT
     insecure = env.get("HUTCH_INSECURE", "").strip().lower() in _TRUE
     target, secure = parse_endpoint(where, insecure=insecure)
-    return ConnectionConfig(
-        api_key=key, endpoint=where, target=target, secure=secure, request_timeout=request_timeout
-    )
+    return ConnectionConfig(api_key=key, endpoint=where, target=target, secure=secure, request_timeout=request_timeout)

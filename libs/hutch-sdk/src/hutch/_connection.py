@@ -69,9 +69,7 @@ class Connection:
                 ("grpc.primary_user_agent", _user_agent()),
             ]
             if self.config.secure:
-                channel = grpc.aio.secure_channel(
-                    self.config.target, grpc.ssl_channel_credentials(), options=options
-                )
+                channel = grpc.aio.secure_channel(self.config.target, grpc.ssl_channel_credentials(), options=options)
             else:
                 channel = grpc.aio.insecure_channel(self.config.target, options=options)
             self._stubs = _Stubs(channel)
@@ -102,8 +100,18 @@ class Connection:
         try:
             yield
         except grpc.aio.AioRpcError as exc:
+            # A channel that is READY reached the gateway, so the status is the gateway's own answer
+            # and not a failure to connect.
+            answered = (
+                self._stubs is not None
+                and self._stubs.channel.get_state() is grpc.ChannelConnectivity.READY
+            )
             raise error_for_status(
-                exc.code(), exc.details() or "", doing=doing, endpoint=self.config.endpoint
+                exc.code(),
+                exc.details() or "",
+                doing=doing,
+                endpoint=self.config.endpoint,
+                gateway_answered=answered,
             ) from exc
 
     async def unary(

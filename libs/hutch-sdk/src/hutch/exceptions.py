@@ -168,7 +168,9 @@ ERROR_FOR_STATUS: Final[Mapping[grpc.StatusCode, type[HutchError]]] = MappingPro
 )
 
 
-def error_for_status(code: grpc.StatusCode, details: str, *, doing: str, endpoint: str) -> HutchError:
+def error_for_status(
+    code: grpc.StatusCode, details: str, *, doing: str, endpoint: str, gateway_answered: bool = False
+) -> HutchError:
     """Builds the exception for a failed call.
 
     Args:
@@ -176,6 +178,8 @@ def error_for_status(code: grpc.StatusCode, details: str, *, doing: str, endpoin
         details: The status message, usually the gateway's own words.
         doing: What the SDK was doing, e.g. "kill sandbox sb-1"; it prefixes the message.
         endpoint: The gateway's address, named when it cannot be reached.
+        gateway_answered: Whether the gateway itself sent the status. UNAVAILABLE then means that
+            something behind the gateway is down, not that the gateway cannot be reached.
 
     Returns:
         The matching `HutchError` subclass, with a message that says what to do where the status
@@ -183,18 +187,16 @@ def error_for_status(code: grpc.StatusCode, details: str, *, doing: str, endpoin
     """
     cls = ERROR_FOR_STATUS.get(code, InternalError)
     said = details.strip() or code.name.lower().replace("_", " ")
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code is grpc.StatusCode.UNAVAILABLE and gateway_answered:
+        message = f"{doing}: {said} (retrying may help; `hutch local status` shows what is down locally)"
+    elif code is grpc.StatusCode.UNAVAILABLE:
         message = (
-            f"{doing}: cannot reach the Hutch gateway at {endpoint}: is it running? "
-            f"try `hutch local status` ({said})"
+            f"{doing}: cannot reach the Hutch gateway at {endpoint}: is it running? try `hutch local status` ({said})"
         )
     elif code is grpc.StatusCode.CANCELLED:
         message = f"{doing}: the gateway at {endpoint} cancelled the call ({said}); try again"
     elif code is grpc.StatusCode.UNAUTHENTICATED:
-        message = (
-            f"{doing}: {said} (check HUTCH_API_KEY, or run `hutch local up` to get a key for the "
-            "local stack)"
-        )
+        message = f"{doing}: {said} (check HUTCH_API_KEY, or run `hutch local up` to get a key for the local stack)"
     elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         message = (
             f"{doing}: {said} (kill sandboxes you no longer need, see `hutch sandbox list`; ask for "

@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 from hutch.core.lifecycle import configure_logging
-from hutch_node_agent import app, templates
+from hutch_node_agent import templates
 from hutch_node_agent.settings import NodeAgentSettings
 
 USAGE = """usage: hutch-node-agent                    run the node-agent (settings from HUTCH_* env)
@@ -24,6 +24,8 @@ def main() -> None:
     if args:
         print(USAGE, file=sys.stderr)  # noqa: T201
         raise SystemExit(2)
+    from hutch_node_agent import app
+
     asyncio.run(app.run(settings))
 
 

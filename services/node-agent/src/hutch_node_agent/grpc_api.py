@@ -11,9 +11,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
 from hutch.core import errors
+from hutch.core.grpc_runtime import Context
 from hutch.internal.v1 import node_agent_pb2, node_agent_pb2_grpc
 from hutch.v1 import files_pb2, process_pb2
 from hutch_node_agent.convert import file_info
@@ -57,7 +56,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         self._options = options
 
     async def Run(
-        self, request_iterator: AsyncIterator[process_pb2.RunRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[process_pb2.RunRequest], context: Context
     ) -> AsyncIterator[process_pb2.RunResponse]:
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("event") != "start":
@@ -87,7 +86,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
                     await pump
 
     async def ReadFile(
-        self, request: files_pb2.ReadFileRequest, context: grpc.aio.ServicerContext
+        self, request: files_pb2.ReadFileRequest, context: Context
     ) -> AsyncIterator[files_pb2.ReadFileResponse]:
         self._manager.running(request.sandbox)
         info, chunks = await self._manager.supervisor(request.sandbox).read_file(request.path)
@@ -96,7 +95,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
             yield files_pb2.ReadFileResponse(data=chunk)
 
     async def WriteFile(
-        self, request_iterator: AsyncIterator[files_pb2.WriteFileRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[files_pb2.WriteFileRequest], context: Context
     ) -> files_pb2.FileInfo:
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("event") != "header":
@@ -120,44 +119,36 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         )
         return file_info(info)
 
-    async def ListDir(
-        self, request: files_pb2.ListDirRequest, context: grpc.aio.ServicerContext
-    ) -> files_pb2.ListDirResponse:
+    async def ListDir(self, request: files_pb2.ListDirRequest, context: Context) -> files_pb2.ListDirResponse:
         self._manager.running(request.sandbox)
         result = await self._manager.supervisor(request.sandbox).call(
             "list", path=request.path, depth=max(1, request.depth)
         )
         return files_pb2.ListDirResponse(entries=[file_info(e) for e in result["entries"]])
 
-    async def Stat(self, request: files_pb2.StatRequest, context: grpc.aio.ServicerContext) -> files_pb2.FileInfo:
+    async def Stat(self, request: files_pb2.StatRequest, context: Context) -> files_pb2.FileInfo:
         self._manager.running(request.sandbox)
         return file_info(await self._manager.supervisor(request.sandbox).call("stat", path=request.path))
 
-    async def Remove(
-        self, request: files_pb2.RemoveRequest, context: grpc.aio.ServicerContext
-    ) -> files_pb2.RemoveResponse:
+    async def Remove(self, request: files_pb2.RemoveRequest, context: Context) -> files_pb2.RemoveResponse:
         self._manager.running(request.sandbox)
         await self._manager.supervisor(request.sandbox).call("remove", path=request.path, recursive=request.recursive)
         return files_pb2.RemoveResponse()
 
-    async def Rename(
-        self, request: files_pb2.RenameRequest, context: grpc.aio.ServicerContext
-    ) -> files_pb2.FileInfo:
+    async def Rename(self, request: files_pb2.RenameRequest, context: Context) -> files_pb2.FileInfo:
         self._manager.running(request.sandbox)
         result = await self._manager.supervisor(request.sandbox).call(
             "rename", source=request.source, destination=request.destination
         )
         return file_info(result)
 
-    async def MakeDir(
-        self, request: files_pb2.MakeDirRequest, context: grpc.aio.ServicerContext
-    ) -> files_pb2.MakeDirResponse:
+    async def MakeDir(self, request: files_pb2.MakeDirRequest, context: Context) -> files_pb2.MakeDirResponse:
         self._manager.running(request.sandbox)
         result = await self._manager.supervisor(request.sandbox).call("mkdir", path=request.path)
         return files_pb2.MakeDirResponse(info=file_info(result["info"]), created=bool(result["created"]))
 
     async def ListLocal(
-        self, request: node_agent_pb2.ListLocalRequest, context: grpc.aio.ServicerContext
+        self, request: node_agent_pb2.ListLocalRequest, context: Context
     ) -> node_agent_pb2.ListLocalResponse:
         return node_agent_pb2.ListLocalResponse(
             sandboxes=[

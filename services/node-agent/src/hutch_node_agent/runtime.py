@@ -71,13 +71,19 @@ class CrunRuntime:
 
     async def run_detached(self, sandbox_id: str, bundle: Path, log_path: Path) -> int:
         pid_file = bundle / "init.pid"
+        # The sandbox's init inherits crun's stdout and stderr: both must be the log file, never a
+        # pipe to us, or reading the pipe would wait as long as the sandbox lives.
         with open(log_path, "ab") as out:
-            code, _, err = await _run(
+            proc = await asyncio.create_subprocess_exec(
                 *self._cmd("run", "--detach", f"--bundle={bundle}", f"--pid-file={pid_file}", sandbox_id),
-                stdout=out.fileno(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
             )
+            code = await proc.wait()
         if code != 0:
-            raise errors.Internal(f"crun could not start sandbox {sandbox_id}: {_clean(err) or f'exit {code}'}")
+            tail = log_path.read_bytes()[-2000:]
+            raise errors.Internal(f"crun could not start sandbox {sandbox_id}: {_clean(tail) or f'exit {code}'}")
         return int(pid_file.read_text().strip())
 
     async def kill(self, sandbox_id: str) -> None:

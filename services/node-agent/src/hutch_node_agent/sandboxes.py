@@ -183,7 +183,7 @@ class SandboxManager:
 
     async def recover(self) -> list[LocalSandbox]:
         """Finds the sandboxes a previous node-agent process left; returns those that had ended."""
-        ended = []
+        ended: list[LocalSandbox] = []
         if not self._layout.sandboxes.is_dir():
             return ended
         states = await self._runtime.list()

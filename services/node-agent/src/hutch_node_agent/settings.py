@@ -35,6 +35,10 @@ class NodeOptions(BaseModel):
     memory_mb: int = Field(default=0, ge=0)
     # Memory kept back for the host and the platform when memory_mb is measured.
     reserved_memory_mb: int = Field(default=1024, ge=0)
+    # A sandbox's CPU is a quota, not a reservation, and agents mostly wait on a model: the node
+    # offers this many times its measured cores. Memory is not overcommitted by default.
+    cpu_overcommit: float = Field(default=8.0, ge=1.0)
+    memory_overcommit: float = Field(default=1.0, ge=1.0)
     # Each sandbox's cgroup is <cgroup_parent>/<sandbox id> in every controller hierarchy.
     cgroup_parent: str = "hutch"
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
@@ -60,13 +64,13 @@ class NodeOptions(BaseModel):
         return value
 
     def measured_cpu_millis(self) -> int:
-        return self.cpu_millis or (os.cpu_count() or 1) * 1000
+        return self.cpu_millis or int((os.cpu_count() or 1) * 1000 * self.cpu_overcommit)
 
     def measured_memory_mb(self) -> int:
         if self.memory_mb:
             return self.memory_mb
         total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-        return max(256, total_mb - self.reserved_memory_mb)
+        return int(max(256, total_mb - self.reserved_memory_mb) * self.memory_overcommit)
 
 
 class NodeAgentSettings(ServiceSettings):

@@ -1,0 +1,131 @@
+"""The platform services `hutch local` runs, one table entry each.
+
+A service is a console script of this environment that reads its settings from HUTCH_* variables and
+serves grpc.health.v1 on HUTCH_GRPC__PORT. Adding a service is one `ServiceSpec` in `SERVICES`
+(plus, if it needs settings of its own, a function returning them). Entries whose console script is
+not installed are skipped, so the table may name services that are still being built.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hutch.local.credentials import StackSecrets
+from hutch.local.paths import StackPaths
+from hutch.local.ports import LOOPBACK
+from hutch.local.process import find_executable
+
+DEV_TENANT = "dev"
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service's environment is built from."""
+
+    paths: StackPaths
+    secrets: StackSecrets
+    nats_url: str
+    postgres_dsn: str
+    s3_endpoint: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_bucket: str
+    region: str = "local"
+    log_level: str = "INFO"
+    node_id: str = "local-1"
+    node_root_dir: Path | None = None
+    templates_dir: Path = Path("/var/lib/hutch/templates")
+    # The port every service of the stack listens on, by service name.
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+
+def _no_settings(context: ServiceContext) -> dict[str, str]:
+    return {}
+
+
+def _gateway_settings(context: ServiceContext) -> dict[str, str]:
+    # The gateway creates the dev tenant with this key on startup when it does not exist yet.
+    return {
+        "HUTCH_GATEWAY__BOOTSTRAP_API_KEY": context.secrets.api_key,
+        "HUTCH_GATEWAY__BOOTSTRAP_TENANT": DEV_TENANT,
+    }
+
+
+def _node_agent_settings(context: ServiceContext) -> dict[str, str]:
+    root = context.node_root_dir or context.paths.local / "node-1"
+    return {
+        "HUTCH_NODE__ID": context.node_id,
+        "HUTCH_NODE__ROOT_DIR": str(root),
+        "HUTCH_NODE__ADVERTISE_HOST": LOOPBACK,
+        "HUTCH_NODE__TEMPLATES_DIR": str(context.templates_dir),
+    }
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One platform service: its name in the stack, console script, default port, own settings."""
+
+    name: str
+    script: str
+    default_port: int
+    settings: Callable[[ServiceContext], dict[str, str]] = _no_settings
+
+
+# Started in this order and stopped in reverse: the gateway, the public entry point, starts last and
+# stops first, so it never accepts calls the services behind it cannot serve.
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("scheduler", "hutch-scheduler", 50052),
+    ServiceSpec("node-agent", "hutch-node-agent", 50061, _node_agent_settings),
+    ServiceSpec("gateway", "hutch-gateway", 50051, _gateway_settings),
+)
+
+
+def service(name: str) -> ServiceSpec:
+    """The table entry called `name`."""
+    for spec in SERVICES:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"unknown service {name!r}")
+
+
+def installed_script(spec: ServiceSpec) -> Path | None:
+    """The service's console script, or None when it is not installed (or its code is missing).
+
+    Checking the entry point's module, not just the script file, matters while a service is being
+    written: its script may already be installed before the module it runs exists.
+    """
+    entry_points = importlib.metadata.entry_points(group="console_scripts", name=spec.script)
+    if not entry_points:
+        return None
+    module = next(iter(entry_points)).module
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+        return find_executable(spec.script)
+    except (ImportError, ValueError, FileNotFoundError):
+        return None
+
+
+def service_env(spec: ServiceSpec, context: ServiceContext, port: int) -> dict[str, str]:
+    """The HUTCH_* environment of one service listening on `port`."""
+    env = {
+        "HUTCH_REGION": context.region,
+        "HUTCH_LOG_LEVEL": context.log_level,
+        "HUTCH_INTERNAL_TOKEN": context.secrets.internal_token,
+        "HUTCH_NATS__URL": context.nats_url,
+        "HUTCH_POSTGRES__DSN": context.postgres_dsn,
+        "HUTCH_S3__ENDPOINT": context.s3_endpoint,
+        "HUTCH_S3__ACCESS_KEY": context.s3_access_key,
+        "HUTCH_S3__SECRET_KEY": context.s3_secret_key,
+        "HUTCH_S3__BUCKET": context.s3_bucket,
+        "HUTCH_GRPC__HOST": LOOPBACK,
+        "HUTCH_GRPC__PORT": str(port),
+        "HUTCH_TELEMETRY__EXPORTER": "file",
+        "HUTCH_TELEMETRY__FILE_PATH": str(context.paths.traces_file),
+    }
+    env.update(spec.settings(context))
+    return env

@@ -1,0 +1,303 @@
+"""One run of `up()`: resolve ports, start the servers, then the services, and clean up on failure."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hutch.local import state as state_file
+from hutch.local.credentials import StackSecrets
+from hutch.local.files import read_json, write_json_private
+from hutch.local.health import grpc_serving
+from hutch.local.model import SERVER_PORTS, Event, Observer, StackError, StackOptions, UpResult, default_ports
+from hutch.local.paths import StackPaths
+from hutch.local.ports import LOOPBACK, free_port, port_in_use
+from hutch.local.process import log_offset, log_tail, spawn, start_ticks
+from hutch.local.servers import ManagedServer, NatsServer, PostgresServer, S3Server, ServerStartError
+from hutch.local.services import SERVICES, ServiceContext, ServiceSpec, installed_script, service, service_env
+from hutch.local.state import ComponentState, StackState
+from hutch.local.stopping import stop_components
+
+
+class Starter:
+    """One run of `up()`: resolves ports, starts servers then services, cleans up on failure."""
+
+    def __init__(
+        self,
+        options: StackOptions,
+        paths: StackPaths,
+        secrets: StackSecrets,
+        observer: Observer,
+        detach: bool,
+    ) -> None:
+        self.options = options
+        self.paths = paths
+        self.secrets = secrets
+        self.observer = observer
+        self.detach = detach
+        self.state: StackState | None = None
+
+    def run(self) -> UpResult:
+        try:
+            return self._run()
+        except BaseException as exc:
+            failed = exc.component if isinstance(exc, StackError) else None
+            if failed is not None:
+                self.observer(failed, "failed", str(exc))
+
+            def cleanup_observer(component: str, event: Event, detail: str = "") -> None:
+                # The failed component keeps showing "failed" while the others are stopped.
+                if component != failed:
+                    self.observer(component, event, detail)
+
+            if self.state is not None:
+                stop_components(self.state, cleanup_observer)
+            state_file.remove(self.paths.stack_file)
+            raise
+
+    def _run(self) -> UpResult:
+        options = self.options
+        self._check_external_options()
+        specs, skipped = self._services()
+        ports = self._resolve_ports([spec.name for spec in specs])
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        nats, postgres, s3 = self._servers(ports)
+        state = StackState(
+            nats_url=nats.url,
+            postgres_dsn=postgres.dsn,
+            s3_endpoint=s3.endpoint,
+            s3_access_key=options.s3_access_key or self.secrets.s3_access_key,
+            s3_secret_key=options.s3_secret_key or self.secrets.s3_secret_key,
+            s3_bucket=options.s3_bucket,
+            detached=self.detach,
+            supervisor_pid=None if self.detach else os.getpid(),
+            supervisor_ticks=None if self.detach else start_ticks(os.getpid()),
+        )
+        self.state = state
+        self._start_servers(state, {"nats": nats, "postgres": postgres, "s3": s3})
+        try:
+            s3.ensure_bucket(options.s3_bucket)
+        except Exception as exc:
+            raise StackError(f"s3: cannot create bucket {options.s3_bucket!r}: {exc}", component="s3") from exc
+        for name in skipped:
+            self.observer(name, "skipped", f"console script {service(name).script} is not installed")
+        self._start_services(state, specs, ports)
+        gateway = next((c for c in state.components if c.name == "gateway"), None)
+        if gateway is not None:
+            state.endpoint = gateway.address
+            _write_client_config(self.paths, gateway.address, self.secrets.api_key)
+        state_file.save(self.paths.stack_file, state)
+        return UpResult(state, already_running=False, api_key=self.secrets.api_key, skipped=tuple(skipped))
+
+    def _check_external_options(self) -> None:
+        options = self.options
+        s3 = (options.s3_endpoint, options.s3_access_key, options.s3_secret_key)
+        if any(s3) and not all(s3):
+            raise StackError("an external S3 needs --s3-endpoint, --s3-access-key and --s3-secret-key together")
+
+    def _services(self) -> tuple[list[ServiceSpec], list[str]]:
+        """The services to start, and the names of those skipped because they are not installed."""
+        wanted = self.options.services
+        if wanted is not None:
+            unknown = set(wanted) - {spec.name for spec in SERVICES}
+            if unknown:
+                raise StackError(f"unknown services: {', '.join(sorted(unknown))}")
+        chosen = [spec for spec in SERVICES if wanted is None or spec.name in wanted]
+        available = [spec for spec in chosen if installed_script(spec) is not None]
+        skipped = [spec.name for spec in chosen if spec not in available]
+        return available, skipped
+
+    def _resolve_ports(self, services: Sequence[str]) -> dict[str, int]:
+        options = self.options
+        external = {"nats": options.nats_url, "postgres": options.postgres_dsn, "s3": options.s3_endpoint}
+        names = [name for name in SERVER_PORTS if not external[name]] + list(services)
+        unknown = set(options.ports) - set(default_ports())
+        if unknown:
+            raise StackError(f"--port names unknown components: {', '.join(sorted(unknown))}")
+        ports: dict[str, int] = {}
+        for name in names:
+            requested = options.port(name)
+            if requested == 0:
+                ports[name] = free_port()
+                continue
+            if not 0 < requested < 65536:
+                raise StackError(f"port {requested} for {name} is not a valid TCP port", component=name)
+            clash = next((other for other, port in ports.items() if port == requested), None)
+            if clash is not None:
+                raise StackError(f"{name} and {clash} are both given port {requested}", component=name)
+            if port_in_use(requested):
+                raise StackError(
+                    f"port {requested} for {name} is already in use on {LOOPBACK}; stop what listens "
+                    f"there or pick another port with --port {name}=PORT",
+                    component=name,
+                )
+            ports[name] = requested
+        return ports
+
+    def _servers(self, ports: Mapping[str, int]) -> tuple[NatsServer, PostgresServer, S3Server]:
+        options, paths, secrets = self.options, self.paths, self.secrets
+        nats = (
+            NatsServer.attach(options.nats_url)
+            if options.nats_url
+            else NatsServer(paths.nats, port=ports["nats"], log_path=paths.log("nats"))
+        )
+        postgres = (
+            PostgresServer.attach(options.postgres_dsn)
+            if options.postgres_dsn
+            else PostgresServer(
+                paths.postgres,
+                port=ports["postgres"],
+                password=secrets.postgres_password,
+                durable=options.durable,
+                log_path=paths.log("postgres"),
+            )
+        )
+        s3 = (
+            S3Server.attach(options.s3_endpoint, options.s3_access_key or "", options.s3_secret_key or "")
+            if options.s3_endpoint
+            else S3Server(
+                paths.s3,
+                access_key=secrets.s3_access_key,
+                secret_key=secrets.s3_secret_key,
+                port=ports["s3"],
+                log_path=paths.log("s3"),
+            )
+        )
+        return nats, postgres, s3
+
+    def _start_servers(self, state: StackState, servers: Mapping[str, ManagedServer]) -> None:
+        for name, server in servers.items():
+            self.observer(name, "starting", server.address if server.external else "")
+            try:
+                server.launch()
+            except (OSError, ServerStartError) as exc:
+                raise StackError(f"{name} could not be started: {exc}", component=name) from exc
+            state.put(_server_component(name, server))
+            state_file.save(self.paths.stack_file, state)
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        waiting = dict(servers)
+        while waiting:
+            for name, server in list(waiting.items()):
+                try:
+                    ready = server.poll_ready()
+                except ServerStartError as exc:
+                    raise StackError(exc.reason, component=name, log_tail=exc.log_excerpt) from exc
+                except RuntimeError as exc:
+                    raise StackError(f"{name}: {exc}", component=name, log_tail=server.log_excerpt()) from exc
+                if ready:
+                    del waiting[name]
+                    # The address is final only now (a free port is picked when the process starts).
+                    state.put(_server_component(name, server))
+                    self.observer(name, "ready", server.address)
+            if waiting and time.monotonic() >= deadline:
+                name, server = next(iter(waiting.items()))
+                raise StackError(
+                    f"{name} was not ready within {self.options.startup_timeout_s:.0f}s",
+                    component=name,
+                    log_tail=server.log_excerpt(),
+                )
+            time.sleep(0.05)
+        state.components.sort(key=lambda c: list(SERVER_PORTS).index(c.name))
+        state_file.save(self.paths.stack_file, state)
+
+    def _start_services(self, state: StackState, specs: Sequence[ServiceSpec], ports: Mapping[str, int]) -> None:
+        context = self._context(state, ports)
+        offsets: dict[str, int] = {}
+        for spec in specs:
+            script = installed_script(spec)
+            assert script is not None
+            env = service_env(spec, context, ports[spec.name])
+            log = self.paths.log(spec.name)
+            offsets[spec.name] = log_offset(log)
+            self.observer(spec.name, "starting", "")
+            handle = spawn([str(script)], log_path=log, env={**os.environ, **env})
+            state.put(
+                ComponentState(
+                    name=spec.name,
+                    kind="service",
+                    address=f"{LOOPBACK}:{ports[spec.name]}",
+                    pid=handle.pid,
+                    ticks=handle.ticks,
+                    log=str(log),
+                    argv=[str(script)],
+                    env=env,
+                )
+            )
+            state_file.save(self.paths.stack_file, state)
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        waiting = [spec.name for spec in specs]
+        while waiting:
+            for name in list(waiting):
+                component = state.component(name)
+                if _service_ready(component, offsets[name]):
+                    waiting.remove(name)
+                    self.observer(name, "ready", component.address)
+            if waiting and time.monotonic() >= deadline:
+                name = waiting[0]
+                raise StackError(
+                    f"{name} did not report SERVING on {state.component(name).address} within "
+                    f"{self.options.startup_timeout_s:.0f}s",
+                    component=name,
+                    log_tail=log_tail(self.paths.log(name), since=offsets[name]),
+                )
+            time.sleep(0.1)
+
+    def _context(self, state: StackState, ports: Mapping[str, int]) -> ServiceContext:
+        options = self.options
+        return ServiceContext(
+            paths=self.paths,
+            secrets=self.secrets,
+            nats_url=state.nats_url,
+            postgres_dsn=state.postgres_dsn,
+            s3_endpoint=state.s3_endpoint,
+            s3_access_key=state.s3_access_key,
+            s3_secret_key=state.s3_secret_key,
+            s3_bucket=state.s3_bucket,
+            region=options.region,
+            log_level=options.log_level,
+            node_id=options.node_id,
+            node_root_dir=options.node_root_dir,
+            templates_dir=options.templates_dir,
+            ports={spec.name: ports[spec.name] for spec in SERVICES if spec.name in ports},
+        )
+
+
+def _server_component(name: str, server: ManagedServer) -> ComponentState:
+    command = server.launched_command
+    handle = server.process
+    return ComponentState(
+        name=name,
+        kind="server",
+        address=server.address,
+        external=server.external,
+        pid=None if handle is None else handle.pid,
+        ticks=None if handle is None else handle.ticks,
+        log=None if server.log_path is None or server.external else str(server.log_path),
+        argv=[] if command is None else list(command.argv),
+        env={} if command is None else dict(command.env),
+        user=None if command is None else command.user,
+    )
+
+
+def _service_ready(component: ComponentState, since: int) -> bool:
+    """True once a service answers SERVING; raises StackError if its process has exited."""
+    handle = component.handle()
+    assert handle is not None
+    if not handle.alive():
+        code = handle.returncode()
+        raise StackError(
+            f"{component.name} exited during startup (exit status {code})",
+            component=component.name,
+            log_tail=log_tail(Path(component.log), since=since) if component.log else "",
+        )
+    return grpc_serving(component.address)
+
+
+def _write_client_config(paths: StackPaths, endpoint: str, api_key: str) -> None:
+    """Points the SDK and CLI at the local gateway, keeping any other settings in config.json."""
+    config = read_json(paths.config_file)
+    merged = dict(config) if isinstance(config, dict) else {}
+    merged.update(endpoint=endpoint, api_key=api_key)
+    write_json_private(paths.config_file, merged)

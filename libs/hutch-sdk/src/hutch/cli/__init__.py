@@ -1,0 +1,1 @@
+"""The `hutch` command-line tool: one module per command group, assembled in `main`."""

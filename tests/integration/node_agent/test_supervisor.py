@@ -12,10 +12,9 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,34 +22,19 @@ from typing import Any
 import pytest
 
 from hutch.core import errors
+from hutch.testing.templates import BUSYBOX, make_busybox_template
+from hutch_node_agent import host
+from hutch_node_agent.domain import LocalSandbox, SandboxRequest
+from hutch_node_agent.layout import NodeLayout
+from hutch_node_agent.runtime import CrunRuntime
+from hutch_node_agent.sandboxes import SandboxManager
+from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor import protocol
 from hutch_node_agent.supervisor.bundle import SupervisorRuntime, build_runtime
 from hutch_node_agent.supervisor.client import ExecEvent, Exited, Output, Started, SupervisorClient
+from hutch_node_agent.templates import TemplateStore
 
 pytestmark = pytest.mark.integration
-
-BUSYBOX = Path("/bin/busybox")
-SANDBOX_PASSWD = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
-SANDBOX_GROUP = "root:x:0:\nuser:x:1000:\n"
-RUN_DIR = "/.hutch/run"
-CAPABILITIES = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_MKNOD",
-    "CAP_AUDIT_WRITE",
-    "CAP_SETFCAP",
-]
-
-
-# Container -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -67,118 +51,40 @@ def require_crun() -> None:
         pytest.skip("needs crun and busybox-static")
 
 
-def give_unified_controllers_v1_hierarchies() -> None:
-    """crun refuses a hybrid cgroup layout whose v2 hierarchy holds controllers: move them to v1."""
-    controllers = Path("/sys/fs/cgroup/unified/cgroup.controllers")
-    if not controllers.exists():
-        return
-    for controller in controllers.read_text().split():
-        target = Path("/sys/fs/cgroup") / controller
-        target.mkdir(exist_ok=True)
-        subprocess.run(["mount", "-t", "cgroup", "-o", controller, "cgroup", str(target)], check=True)
-
-
-def make_busybox_rootfs(rootfs: Path) -> None:
-    (rootfs / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox" and "/" not in applet:
-            (rootfs / "bin" / applet).symlink_to("busybox")
-    for directory in ("etc", "root", "home/user", "tmp", "proc", "sys", "dev", ".hutch/rt", ".hutch/run"):
-        (rootfs / directory).mkdir(parents=True, exist_ok=True)
-    (rootfs / "tmp").chmod(0o1777)
-    os.chown(rootfs / "home" / "user", 1000, 1000)
-    (rootfs / "etc" / "passwd").write_text(SANDBOX_PASSWD)
-    (rootfs / "etc" / "group").write_text(SANDBOX_GROUP)
-
-
-def oci_config(runtime: SupervisorRuntime, rootfs: Path, run_dir: Path) -> dict[str, Any]:
-    return {
-        "ociVersion": "1.0.0",
-        "process": {
-            "terminal": False,
-            "user": {"uid": 0, "gid": 0},
-            "args": runtime.argv(),
-            "env": runtime.env(f"{RUN_DIR}/{protocol.SOCKET_NAME}", "root"),
-            "cwd": "/",
-            "capabilities": {kind: CAPABILITIES for kind in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
-            "noNewPrivileges": True,
-        },
-        "root": {"path": str(rootfs), "readonly": False},
-        "hostname": "sandbox",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {
-                "destination": "/dev",
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-            },
-            {
-                "destination": "/dev/pts",
-                "type": "devpts",
-                "source": "devpts",
-                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-            },
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {
-                "destination": SupervisorRuntime.MOUNT_POINT,
-                "type": "bind",
-                "source": str(runtime.host_dir),
-                "options": ["rbind", "ro", "nosuid", "nodev"],
-            },
-            {"destination": RUN_DIR, "type": "bind", "source": str(run_dir), "options": ["rbind", "rw"]},
-        ],
-        "linux": {"namespaces": [{"type": kind} for kind in ("pid", "mount", "ipc", "uts", "network")]},
-    }
-
-
-@dataclass
-class Container:
-    socket_path: Path
-    rootfs: Path
-    log_path: Path
-
-
 @pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    """A busybox container whose PID 1 is the supervisor; the socket appears under a host directory."""
+async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+    """A sandbox from a busybox-only template, started by the node-agent's own SandboxManager."""
     require_crun()
-    give_unified_controllers_v1_hierarchies()
-    base = tmp_path_factory.mktemp("sandbox")
-    runtime = build_runtime(base / "runtime-cache")
-    bundle, run_dir, state = base / "bundle", base / "run", base / "crun-state"
-    rootfs = bundle / "rootfs"
-    make_busybox_rootfs(rootfs)
-    run_dir.mkdir()
-    (bundle / "config.json").write_text(json.dumps(oci_config(runtime, rootfs, run_dir)))
-    container_id = f"hutch-test-{uuid.uuid4().hex[:12]}"
-    crun = ["crun", "--root", str(state)]
-    log_path = base / "supervisor.log"
-    with log_path.open("wb") as log:
-        subprocess.run(
-            [*crun, "run", "--detach", "--bundle", str(bundle), container_id],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            check=True,
-        )
+    host.release_hybrid_cgroup_controllers()
+    base = tmp_path_factory.mktemp("node")
+    make_busybox_template(base / "templates" / "busybox")
+    options = NodeOptions(id="supervisor-test", root_dir=base / "root", templates_dir=base / "templates")
+    layout = NodeLayout(options.root_dir)
+    layout.create()
+
+    async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
+        return None
+
+    manager = SandboxManager(
+        options,
+        layout,
+        CrunRuntime(layout.crun_state),
+        TemplateStore(options.templates_dir),
+        build_runtime(layout.runtime_cache),
+        on_stopped,
+    )
+    sandbox_id = f"sb-{uuid.uuid4().hex[:20]}"
+    request = SandboxRequest(sandbox_id=sandbox_id, tenant_id="t", template="busybox", cpu_millis=1000, memory_mb=256)
     try:
-        yield Container(run_dir / protocol.SOCKET_NAME, rootfs, log_path)
+        await manager.create(request)
+    except errors.HutchError:
+        log = layout.sandbox(sandbox_id).log
+        pytest.fail(f"the sandbox did not start; supervisor output:\n{log.read_text(errors='replace')}")
+    paths = layout.sandbox(sandbox_id)
+    try:
+        yield Sandbox(manager.supervisor(sandbox_id), paths.socket, paths.rootfs)
     finally:
-        subprocess.run([*crun, "delete", "-f", container_id], check=False, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-async def sandbox(container: Container) -> Sandbox:
-    client = SupervisorClient(container.socket_path)
-    try:
-        await client.wait_ready(timeout_s=10)
-    except errors.Unavailable:
-        pytest.fail(f"the supervisor did not start; its output:\n{container.log_path.read_text(errors='replace')}")
-    return Sandbox(client, container.socket_path, container.rootfs)
+        await manager.kill(sandbox_id, "killed")
 
 
 # Helpers -------------------------------------------------------------------------------------------
@@ -609,7 +515,8 @@ async def test_paths_stay_inside_the_container(sandbox: Sandbox) -> None:
     through_dots = (await read_all(sandbox, "/../../../etc/passwd"))[1]
     relative = (await read_all(sandbox, "../../../../../etc/passwd"))[1]
 
-    assert through_link == through_dots == relative == SANDBOX_PASSWD.encode()
+    assert through_link == through_dots == relative == (sandbox.rootfs / "etc" / "passwd").read_bytes()
+    assert through_link != Path("/etc/passwd").read_bytes()
 
 
 # Robustness ----------------------------------------------------------------------------------------

@@ -87,6 +87,22 @@ def test_large_stdin_streams_in_chunks(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("wc -c", stdin=os.urandom(5 * 1024 * 1024 + 3)).stdout.strip() == "5242883"
 
 
+def test_a_failing_stdin_source_surfaces_its_error(sandbox: Sandbox) -> None:
+    class Broken:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, size: int = -1, /) -> bytes:
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError("the pipe broke")
+            return b"first chunk"
+
+    with pytest.raises(OSError, match="the pipe broke"):
+        sandbox.commands.run("cat; sleep 30", stdin=Broken())
+    assert sandbox.commands.run("echo fine").stdout == "fine\n"
+
+
 def test_without_stdin_the_command_reads_nothing(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("cat", timeout=5).stdout == ""
 
@@ -263,8 +279,15 @@ def test_wrong_or_missing_key(gateway: FakeGateway, tmp_path: Path, monkeypatch:
 
 
 def test_unreachable_gateway() -> None:
-    with pytest.raises(UnavailableError, match="hutch local status"):
+    with pytest.raises(UnavailableError, match="cannot reach the Hutch gateway at 127.0.0.1:1"):
         Sandbox.list(api_key="hk_any", endpoint="127.0.0.1:1")
+
+
+def test_gateway_reporting_a_dependency_down(connection: dict[str, Any]) -> None:
+    with pytest.raises(UnavailableError) as caught:
+        Sandbox.create(template="needs-a-node", **connection)
+    assert "no node is running" in caught.value.message
+    assert "cannot reach" not in caught.value.message
 
 
 def test_kill_is_callable_on_instances_and_on_the_class() -> None:

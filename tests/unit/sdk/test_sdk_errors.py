@@ -75,6 +75,15 @@ def test_unavailable_names_the_gateway_and_what_to_try() -> None:
     assert "connection refused" in error.message
 
 
+def test_unavailable_from_the_gateway_itself_does_not_claim_it_is_unreachable() -> None:
+    error = error_for_status(
+        grpc.StatusCode.UNAVAILABLE, "no node is running", doing="create", endpoint="h:1", gateway_answered=True
+    )
+    assert isinstance(error, UnavailableError)
+    assert error.message.startswith("create: no node is running")
+    assert "cannot reach" not in error.message
+
+
 def test_resource_exhausted_hints_what_to_do() -> None:
     error = error_for_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "no capacity", doing="create", endpoint="h:1")
     assert "no capacity" in error.message

@@ -102,10 +102,7 @@ class Connection:
         except grpc.aio.AioRpcError as exc:
             # A channel that is READY reached the gateway, so the status is the gateway's own answer
             # and not a failure to connect.
-            answered = (
-                self._stubs is not None
-                and self._stubs.channel.get_state() is grpc.ChannelConnectivity.READY
-            )
+            answered = self._stubs is not None and self._stubs.channel.get_state() is grpc.ChannelConnectivity.READY
             raise error_for_status(
                 exc.code(),
                 exc.details() or "",

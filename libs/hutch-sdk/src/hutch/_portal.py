@@ -5,7 +5,7 @@ on first use and stopped at interpreter exit. Running on a separate loop, rather
 per call, keeps channels alive between calls and works even when the caller's thread already runs an
 event loop (a notebook, an async framework).
 
-Callbacks the caller passes (stdout handlers, progress) must run in the caller's thread, as the
+Callbacks the caller passes (output handlers) must run in the caller's thread, as the
 caller would expect of a synchronous API: the async side hands each callback invocation over to the
 waiting caller thread, which runs it and reports back. The async side waits for that report, which
 gives natural backpressure, and an exception raised by a callback travels back into the async code

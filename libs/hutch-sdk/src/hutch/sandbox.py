@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
-from hutch._config import ConnectionConfig, resolve
+from hutch._config import resolve
 from hutch._connection import Connection
 from hutch._convert import create_request, sandbox_states
 from hutch._hybrid import HybridMethod
@@ -24,13 +24,12 @@ from hutch.v1 import sandbox_pb2
 __all__ = ["AsyncSandbox", "Sandbox"]
 
 
-async def _get(config: ConnectionConfig, sandbox: str) -> SandboxInfo:
-    async with Connection(config) as connection:
-        message = await connection.unary(
-            f"get sandbox {sandbox}",
-            connection.sandboxes.Get,
-            sandbox_pb2.GetSandboxRequest(sandbox=sandbox),
-        )
+async def _get(connection: Connection, sandbox: str) -> SandboxInfo:
+    message = await connection.unary(
+        f"get sandbox {sandbox}",
+        connection.sandboxes.Get,
+        sandbox_pb2.GetSandboxRequest(sandbox=sandbox),
+    )
     return SandboxInfo.from_proto(message)
 
 
@@ -66,7 +65,8 @@ async def _get_info_by_id(
         NotFoundError: This API key has no such sandbox.
         HutchError: Another failure; the subclass says which.
     """
-    return await _get(resolve(api_key, endpoint, request_timeout), sandbox_id)
+    async with Connection(resolve(api_key, endpoint, request_timeout)) as connection:
+        return await _get(connection, sandbox_id)
 
 
 async def _kill_by_id(
@@ -216,8 +216,13 @@ class AsyncSandbox:
             NotFoundError: This API key has no such sandbox.
             HutchError: Another failure; the subclass says which.
         """
-        config = resolve(api_key, endpoint, request_timeout)
-        return cls(await _get(config, sandbox), Connection(config))
+        connection = Connection(resolve(api_key, endpoint, request_timeout))
+        try:
+            info = await _get(connection, sandbox)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(info, connection)
 
     @staticmethod
     async def list(
@@ -268,12 +273,7 @@ class AsyncSandbox:
             NotFoundError: The sandbox no longer exists.
             HutchError: Another failure; the subclass says which.
         """
-        message = await self._connection.unary(
-            f"get sandbox {self.id}",
-            self._connection.sandboxes.Get,
-            sandbox_pb2.GetSandboxRequest(sandbox=self.id),
-        )
-        return SandboxInfo.from_proto(message)
+        return await _get(self._connection, self.id)
 
     get_info = HybridMethod(_get_info, _get_info_by_id)
 

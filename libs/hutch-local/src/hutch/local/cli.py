@@ -122,18 +122,22 @@ def _print_summary(result: UpResult, home: Path, detached: bool) -> None:
         console.print("Stop it with [bold]hutch local down[/].")
 
 
-@contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    """Turns SIGTERM into KeyboardInterrupt while starting, so a half-started stack is cleaned up."""
+class _StopRequests:
+    """SIGINT, SIGTERM and SIGHUP: while the stack starts they interrupt the start (KeyboardInterrupt,
+    so what was started is stopped again); once it runs in the foreground they ask for an orderly
+    shutdown. One handler for both phases leaves no moment in which a signal is lost or kills the
+    command without cleanup."""
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.shutdown = threading.Event()
+        self.running = False
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._handle)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.running:
+            raise KeyboardInterrupt
+        self.shutdown.set()
 
 
 @app.command()
@@ -191,9 +195,11 @@ def up(
         startup_timeout_s=timeout,
         services=[] if no_services else service,
     )
+    requests = _StopRequests()
     try:
-        with _interrupt_on_sigterm(), _observer() as observer:
+        with _observer() as observer:
             result = stack.up(options, observer, detach=detach)
+            requests.running = True
     except StackError as exc:
         _print_failure(exc)
         raise typer.Exit(1) from exc
@@ -203,20 +209,9 @@ def up(
     _print_summary(result, home, detach)
     if detach or result.already_running:
         return
-    _run_in_foreground(home)
-
-
-def _run_in_foreground(home: Path) -> None:
-    shutdown = threading.Event()
-
-    def request_shutdown(signum: int, frame: FrameType | None) -> None:
-        shutdown.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, request_shutdown)
     console.print("Running in the foreground; press Ctrl-C to stop.")
     with _observer() as observer:
-        stack.supervise(home, shutdown, observer)
+        stack.supervise(home, requests.shutdown, observer)
 
 
 @app.command()

@@ -72,10 +72,13 @@ class ProcessHandle:
         with _children_lock:
             child = _children.get(self.pid)
         if child is not None:
-            return child.poll() is None
+            # Reaps our own child if it has exited, so it does not linger as a zombie.
+            child.poll()
         state = _proc_state(self.pid)
         if state is not None:
             return state not in ("Z", "X") and (self.ticks is None or start_ticks(self.pid) == self.ticks)
+        if child is not None:
+            return child.returncode is None
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -153,6 +156,13 @@ def spawn(
     with _children_lock:
         _children[child.pid] = child
     return ProcessHandle(child.pid, start_ticks(child.pid))
+
+
+def live_children() -> list[ProcessHandle]:
+    """The processes `spawn` started in this process that still run."""
+    with _children_lock:
+        running = [child for child in _children.values() if child.poll() is None]
+    return [ProcessHandle(child.pid, start_ticks(child.pid)) for child in running]
 
 
 def log_offset(path: Path) -> int:

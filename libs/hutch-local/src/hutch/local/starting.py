@@ -14,7 +14,7 @@ from hutch.local.health import grpc_serving
 from hutch.local.model import SERVER_PORTS, Event, Observer, StackError, StackOptions, UpResult, default_ports
 from hutch.local.paths import StackPaths
 from hutch.local.ports import LOOPBACK, free_port, port_in_use
-from hutch.local.process import log_offset, log_tail, spawn, start_ticks
+from hutch.local.process import live_children, log_offset, log_tail, spawn, start_ticks
 from hutch.local.servers import ManagedServer, NatsServer, PostgresServer, S3Server, ServerStartError
 from hutch.local.services import SERVICES, ServiceContext, ServiceSpec, installed_script, service, service_env
 from hutch.local.state import ComponentState, StackState
@@ -40,6 +40,7 @@ class Starter:
         self.state: StackState | None = None
 
     def run(self) -> UpResult:
+        children_before = {handle.pid for handle in live_children()}
         try:
             return self._run()
         except BaseException as exc:
@@ -54,6 +55,10 @@ class Starter:
 
             if self.state is not None:
                 stop_components(self.state, cleanup_observer)
+            # An interrupt can land between starting a process and recording it in the state.
+            for handle in live_children():
+                if handle.pid not in children_before:
+                    handle.kill()
             state_file.remove(self.paths.stack_file)
             raise
 

@@ -30,6 +30,7 @@ app = typer.Typer(
     ),
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
@@ -44,7 +45,7 @@ def _root(
 
 
 app.add_typer(sandbox.app)
-app.command("exec", help=EXEC_HELP, context_settings={"help_option_names": ["-h", "--help"]})(exec_command)
+app.command("exec", help=EXEC_HELP)(exec_command)
 app.add_typer(files.app)
 local.mount(app)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,25 @@ def _error_from(payload: bytes) -> errors.HutchError:
     return errors.error_for_code(str(error.get("code", "internal")), str(error.get("message", "unknown error")))
 
 
+async def _connect(socket_path: Path) -> socket.socket:
+    """Connects to a unix socket whatever the length of its path.
+
+    A socket address holds at most 107 bytes; a node's root directory can make the full path
+    longer. Connecting through /proc/self/fd/<fd of the folder>/<name> keeps the address short.
+    """
+    folder = os.open(socket_path.parent, os.O_PATH | os.O_DIRECTORY)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, f"/proc/self/fd/{folder}/{socket_path.name}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(folder)
+    return sock
+
+
 class _Connection:
     """One connection to the supervisor, speaking frames."""
 
@@ -77,7 +98,8 @@ class _Connection:
     @classmethod
     async def open(cls, socket_path: Path) -> _Connection:
         try:
-            reader, writer = await asyncio.open_unix_connection(socket_path, limit=_READ_BUFFER_LIMIT)
+            sock = await _connect(socket_path)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_READ_BUFFER_LIMIT)
         except OSError as err:
             raise _not_answering(socket_path, err.strerror or str(err)) from err
         return cls(socket_path, reader, writer)

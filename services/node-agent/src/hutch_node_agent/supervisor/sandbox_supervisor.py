@@ -522,6 +522,8 @@ def parse_exec_request(request: dict[str, object], default_user: str) -> ExecSpe
     else:
         cwd = account.home if os.path.isdir(account.home) else "/"
     timeout_s = int_arg(request, "timeout_ms", 0, minimum=0) / 1000
+    # What a login would set; the request's own values win.
+    env = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name, **env}
     return ExecSpec(argv, env, cwd, account, timeout_s, bool_arg(request, "stdin"))
 
 

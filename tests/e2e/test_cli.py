@@ -29,13 +29,14 @@ def _executable() -> str:
 
 
 def hutch(
-    local_stack: Any, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+    local_stack: Any, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Runs `hutch ARGS...` against the local stack and returns the finished process."""
+    """Runs `hutch ARGS...` against the local stack; stdin is /dev/null unless data is given."""
     return subprocess.run(
         [_executable(), *args],
         env=env if env is not None else local_stack.env,
         input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         timeout=180,
     )
@@ -98,7 +99,7 @@ def test_exec_output_and_exit_status(local_stack: Any, sandbox_id: str) -> None:
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, b"hello\n", b"")
     assert hutch(local_stack, "exec", sandbox_id, "--", "sh", "-c", "exit 7").returncode == 7
     streams = hutch(local_stack, "exec", sandbox_id, "--", "sh", "-c", "echo out; echo err >&2; exit 1")
-    assert (streams.returncode, streams.stdout, streams.stderr) == (1, b"out\n", b"err\n")
+    assert (streams.returncode, streams.stdout, streams.stderr) == (1, b"out\n", b"err\n"), streams.stderr
     assert hutch(local_stack, "exec", sandbox_id, "--", "echo $((6 * 7)) | cat").stdout == b"42\n"
 
 

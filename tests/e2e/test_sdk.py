@@ -133,7 +133,8 @@ def test_user(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("id -u").stdout == "0\n"
     nobody = sandbox.commands.run("id -un; id -u", user="nobody").stdout.split()
     assert nobody[0] == "nobody" and nobody[1] != "0"
-    assert sandbox.commands.run("id -u", user="1234").stdout == "1234\n"
+    # uid 1000 is the base template's own unprivileged account.
+    assert sandbox.commands.run("id -u", user="1000").stdout == "1000\n"
 
 
 def test_argv_runs_without_a_shell(sandbox: Sandbox) -> None:

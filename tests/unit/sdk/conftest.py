@@ -361,8 +361,17 @@ class _ServerThread:
         await server.start()
         return server
 
+    async def _stop(self) -> None:
+        await self.server.stop(1.0)
+        # Calls whose clients went away may still have tasks; ending them here keeps them from being
+        # torn down noisily when the loop closes.
+        leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result()
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from hutch import Sandbox
-from hutch.cli import local
+from hutch.cli import execute, local
 from hutch.cli.main import app as cli_app
 from hutch.cli.main import main
 
@@ -42,9 +42,14 @@ def hutch(hutch_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Iter
     yield run
 
 
-def _subprocess(env: dict[str, str], *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+def _subprocess(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "hutch.cli", *args], env=env, input=stdin, capture_output=True, timeout=60
+        [sys.executable, "-m", "hutch.cli", *args],
+        env=env,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        timeout=60,
     )
 
 
@@ -208,3 +213,16 @@ def test_local_mounts_hutch_local_when_installed() -> None:
     ran = CliRunner().invoke(cli_app, ["local", "--help"])
     assert ran.exit_code == 0
     assert "up" in ran.output
+
+
+def test_exec_passes_stdin_only_when_it_can_carry_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(os.devnull) as devnull:
+        monkeypatch.setattr(sys, "stdin", devnull)
+        assert execute._stdin_to_pass() is None
+    piped = tmp_path / "input.txt"
+    piped.write_text("data")
+    with piped.open() as source:
+        monkeypatch.setattr(sys, "stdin", source)
+        assert execute._stdin_to_pass() is source.buffer
+    monkeypatch.setattr(sys, "stdin", None)
+    assert execute._stdin_to_pass() is None

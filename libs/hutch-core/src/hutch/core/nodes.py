@@ -67,12 +67,17 @@ class NodeDirectory:
 
     async def _watch(self, stop: asyncio.Event) -> None:
         watcher = await self._kv.watchall()
+        quiet_since = asyncio.get_running_loop().time()
         try:
             while not stop.is_set():
                 try:
-                    entry = await watcher.updates(timeout=30.0)
+                    # Short waits so that a shutdown is noticed within a second.
+                    entry = await watcher.updates(timeout=1.0)
                 except Exception:
-                    return  # quiet for long: start a fresh watch, which also re-reads every key
+                    if asyncio.get_running_loop().time() - quiet_since > 30:
+                        return  # quiet for long: start a fresh watch, which also re-reads every key
+                    continue
+                quiet_since = asyncio.get_running_loop().time()
                 if entry is None:
                     self._loaded.set()
                     continue

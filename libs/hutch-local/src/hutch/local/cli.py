@@ -37,7 +37,7 @@ errors = Console(stderr=True)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", envvar="HUTCH_HOME", help="State directory [default: ~/.hutch]."),
+    typer.Option("--home", envvar="HUTCH_HOME", help="State directory (default: ~/.hutch)."),
 ]
 
 
@@ -107,8 +107,6 @@ def _print_summary(result: UpResult, home: Path, detached: bool) -> None:
     paths = StackPaths(home)
     if result.already_running:
         console.print(f"The local stack in {paths.local} is already running.")
-    for name in result.skipped:
-        console.print(f"[yellow]note:[/] {name} is not installed; the stack runs without it.")
     table = Table.grid(padding=(0, 2))
     if result.state.endpoint:
         table.add_row("endpoint", result.state.endpoint)
@@ -165,11 +163,11 @@ def up(
         list[str] | None, typer.Option("--service", help="Start only this service (repeatable).")
     ] = None,
     no_services: Annotated[bool, typer.Option("--no-services", help="Start NATS, PostgreSQL and S3 only.")] = False,
-    region: Annotated[str, typer.Option(envvar="HUTCH_REGION")] = "local",
-    log_level: Annotated[str, typer.Option(envvar="HUTCH_LOG_LEVEL")] = "INFO",
+    region: Annotated[str, typer.Option(envvar="HUTCH_REGION", help="Region the services run as.")] = "local",
+    log_level: Annotated[str, typer.Option(envvar="HUTCH_LOG_LEVEL", help="Log level of the services.")] = "INFO",
     node_root_dir: Annotated[
         Path | None,
-        typer.Option(envvar="HUTCH_NODE__ROOT_DIR", help="Node-agent data [default: HOME/local/node-1]."),
+        typer.Option(envvar="HUTCH_NODE__ROOT_DIR", help="Node-agent data (default: HOME/local/node-1)."),
     ] = None,
     templates_dir: Annotated[
         Path, typer.Option(envvar="HUTCH_NODE__TEMPLATES_DIR", help="Root filesystem templates of the node-agent.")

@@ -68,7 +68,10 @@ class Starter:
         specs, skipped = self._services()
         ports = self._resolve_ports([spec.name for spec in specs])
         self.paths.logs.mkdir(parents=True, exist_ok=True)
-        nats, postgres, s3 = self._servers(ports)
+        try:
+            nats, postgres, s3 = self._servers(ports)
+        except ValueError as exc:
+            raise StackError(f"bad external server address: {exc}") from exc
         state = StackState(
             nats_url=nats.url,
             postgres_dsn=postgres.dsn,

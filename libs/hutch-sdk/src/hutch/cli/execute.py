@@ -6,6 +6,7 @@ raw bytes instead of going through `Commands.run`, which decodes text.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, BinaryIO
@@ -30,6 +31,21 @@ HELP = (
     "Exit status: the command's own; 124 if it timed out; 125 if hutch itself failed "
     "(the error line says why); 128+N if signal N killed it."
 )
+
+
+def _stdin_to_pass() -> BinaryIO | None:
+    """Stdin, when it can carry data for the command: not a terminal, and not /dev/null."""
+    if sys.stdin is None:
+        return None
+    try:
+        descriptor = sys.stdin.fileno()
+        if os.isatty(descriptor) or os.path.samestat(os.fstat(descriptor), os.stat(os.devnull)):
+            # A terminal would need a pseudo-terminal to be useful, and /dev/null has nothing to
+            # send: in both cases the command reads /dev/null in the sandbox instead.
+            return None
+    except (OSError, ValueError):
+        return None
+    return sys.stdin.buffer
 
 
 def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
@@ -74,7 +90,7 @@ def exec_command(
 ) -> None:
     """Run a command in a sandbox, with its output here and its exit status as hutch's."""
     envs = parse_pairs(env, "--env")
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+    stdin = _stdin_to_pass()
     try:
         config = resolve()
         request = process_config(

@@ -548,3 +548,13 @@ async def test_malformed_requests_get_invalid_argument(sandbox: Sandbox, data: b
 
     assert (frame_type, error["code"]) == (protocol.ERROR, "invalid_argument")
     assert await sandbox.client.ping() == {"pid": 1, "version": 1}
+
+
+async def test_closing_stdin_as_the_process_exits_never_loses_the_exit(sandbox: Sandbox) -> None:
+    # A late STDIN_EOF used to arrive after the supervisor had closed the connection, and the
+    # kernel then reported a reset to the node-agent instead of the EXIT frame.
+    for _ in range(150):
+        async with await sandbox.client.exec({"args": ["true"], "stdin": True}) as session:
+            await session.close_stdin()
+            events = [event async for event in session]
+        assert isinstance(events[-1], Exited) and events[-1].exit_code == 0

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,8 +28,11 @@ class Ran:
     stderr: str
 
 
+Hutch = Callable[..., Ran]
+
+
 @pytest.fixture
-def hutch(hutch_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Iterator[object]:
+def hutch(hutch_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Iterator[Hutch]:
     """Runs `hutch ARGS...` in this process and returns its exit status and output."""
 
     def run(*args: str) -> Ran:
@@ -59,16 +62,14 @@ def sandbox_id(connection: dict[str, str]) -> Iterator[str]:
         yield box.id
 
 
-def test_help_documents_exit_statuses(hutch: object) -> None:
-    assert callable(hutch)
+def test_help_documents_exit_statuses(hutch: Hutch) -> None:
     ran = hutch("--help")
     assert ran.code == 0
     for words in ("Exit status", "124", "125", "130"):
         assert words in ran.stdout
 
 
-def test_sandbox_lifecycle(hutch: object) -> None:
-    assert callable(hutch)
+def test_sandbox_lifecycle(hutch: Hutch) -> None:
     created = hutch("sandbox", "create", "--name", "cli-box", "-m", "team=cli", "-e", "A=1", "--cpu", "0.5")
     assert created.code == 0, created.stderr
     sandbox_id = created.stdout.strip()
@@ -92,8 +93,7 @@ def test_sandbox_lifecycle(hutch: object) -> None:
     assert sandbox_id in hutch("sandbox", "list", "--all", "--json").stdout
 
 
-def test_errors_are_one_clean_line(hutch: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert callable(hutch)
+def test_errors_are_one_clean_line(hutch: Hutch, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = hutch("sandbox", "get", "sb-nope")
     assert missing.code == 1
     assert missing.stderr.startswith("error: get sandbox sb-nope:")
@@ -115,15 +115,13 @@ def test_errors_are_one_clean_line(hutch: object, monkeypatch: pytest.MonkeyPatc
     assert "hutch local status" in unreachable.stderr
 
 
-def test_bad_key_value_is_a_usage_error(hutch: object) -> None:
-    assert callable(hutch)
+def test_bad_key_value_is_a_usage_error(hutch: Hutch) -> None:
     ran = hutch("sandbox", "create", "--metadata", "no-equals-sign")
     assert ran.code == 2
     assert "KEY=VALUE" in ran.stderr
 
 
-def test_files_commands(hutch: object, sandbox_id: str, tmp_path: Path) -> None:
-    assert callable(hutch)
+def test_files_commands(hutch: Hutch, sandbox_id: str, tmp_path: Path) -> None:
     local = tmp_path / "payload.bin"
     data = os.urandom(3 * 1024 * 1024 + 17)
     local.write_bytes(data)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from hutch.core import errors
+from hutch.core import errors, telemetry
 from hutch_node_agent import oci, rootfs
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest, check_sandbox_id
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
@@ -27,6 +27,7 @@ from hutch_node_agent.supervisor.client import SupervisorClient
 from hutch_node_agent.templates import TemplateStore
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer("hutch.node_agent")
 
 # Called once when a sandbox that was running has stopped, with the reason ("killed", "timeout",
 # "exited"); the node-agent publishes the stopped event from it.
@@ -122,8 +123,9 @@ class SandboxManager:
             await self._teardown(sandbox.id, paths)
         paths.dir.mkdir(parents=True)
         paths.run.mkdir(mode=0o700)
-        await rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)  # type: ignore[list-item]
-        _write_identity_files(paths, sandbox.id)
+        with _tracer.start_as_current_span("mount rootfs"):
+            await rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)  # type: ignore[list-item]
+            _write_identity_files(paths, sandbox.id)
         spec = oci.ContainerSpec(
             sandbox_id=sandbox.id,
             rootfs=str(paths.rootfs),
@@ -140,8 +142,10 @@ class SandboxManager:
         )
         paths.config.write_text(json.dumps(oci.container_config(spec)))
         self._save(sandbox, paths)
-        sandbox.init_pid = await self._runtime.run_detached(sandbox.id, paths.dir, paths.log)
-        await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
+        with _tracer.start_as_current_span("runtime start"):
+            sandbox.init_pid = await self._runtime.run_detached(sandbox.id, paths.dir, paths.log)
+        with _tracer.start_as_current_span("supervisor ready"):
+            await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
         sandbox.status = "running"
         sandbox.started_at = datetime.now(UTC)
         self._save(sandbox, paths)

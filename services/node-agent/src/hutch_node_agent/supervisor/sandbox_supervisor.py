@@ -46,6 +46,8 @@ IDLE_REAP_INTERVAL_S = 1.0
 # After the main process exits, at most this many chunks per stream are still forwarded: output
 # already in the pipe belongs to the call, a grandchild that keeps writing does not.
 DRAIN_CHUNKS = 16
+# How long a finished connection waits for the node-agent to close its side (see linger()).
+LINGER_S = 5.0
 # accept() errors that say "not now" rather than "this socket is broken".
 TRANSIENT_ACCEPT_ERRORS = {
     errno.EMFILE,
@@ -1157,6 +1159,23 @@ def serve_connection(conn: socket.socket, sup: Supervisor) -> None:
         except Exception as err:
             log(f"{op} failed: {err!r}")
             send_error(conn, "internal", f"{op} failed unexpectedly: {err}")
+        linger(conn)
+
+
+def linger(conn: socket.socket) -> None:
+    """Ends the connection without losing the last frames sent on it.
+
+    Closing a unix socket while the peer's frames sit unread (a late STDIN_EOF racing a process's
+    exit) makes the kernel report ECONNRESET to the peer, which can then miss our final frames.
+    So: shut down our side, discard what the peer still sends until it closes, bounded in time.
+    """
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(LINGER_S)
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass  # gone already, or too slow to close: either way we are done
 
 
 # Startup -----------------------------------------------------------------------------------------

@@ -345,6 +345,11 @@ async def test_missing_user_is_not_found(sandbox: Sandbox) -> None:
         await sandbox.client.exec({"args": ["true"], "user": "nobody-here"})
 
 
+async def test_a_numeric_uid_without_an_account_runs_as_that_uid(sandbox: Sandbox) -> None:
+    result = await run(sandbox, args=["id"], user="4321")
+    assert result.stdout.decode().startswith("uid=4321 gid=4321")
+
+
 async def test_missing_working_directory_is_not_found(sandbox: Sandbox) -> None:
     with pytest.raises(errors.NotFound, match="working directory '/no/such/dir'"):
         await sandbox.client.exec({"args": ["true"], "cwd": "/no/such/dir"})

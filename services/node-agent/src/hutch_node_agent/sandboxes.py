@@ -15,6 +15,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from hutch.core import errors, telemetry
 from hutch_node_agent import oci, rootfs
@@ -118,13 +119,13 @@ class SandboxManager:
                 f"the sandbox asks for {request.cpu_millis} mCPU and {request.memory_mb} MB"
             )
 
-    async def _start(self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: os.PathLike[str]) -> None:
+    async def _start(self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: Path) -> None:
         if paths.dir.exists():  # leftovers of an attempt that died half-way
             await self._teardown(sandbox.id, paths)
         paths.dir.mkdir(parents=True)
         paths.run.mkdir(mode=0o700)
         with _tracer.start_as_current_span("mount rootfs"):
-            await rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)  # type: ignore[list-item]
+            rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)
             _write_identity_files(paths, sandbox.id)
         spec = oci.ContainerSpec(
             sandbox_id=sandbox.id,
@@ -180,7 +181,7 @@ class SandboxManager:
         self._unwatch(sandbox_id)
         await self._runtime.kill(sandbox_id)
         await self._runtime.delete(sandbox_id)
-        await rootfs.unmount(paths.rootfs)
+        rootfs.unmount(paths.rootfs)
         await asyncio.to_thread(shutil.rmtree, paths.dir, True)
 
     # -- restart recovery ------------------------------------------------------------------

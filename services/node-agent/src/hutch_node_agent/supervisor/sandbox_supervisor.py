@@ -326,11 +326,21 @@ class Account:
         self.home = home
 
 
+MAX_UID = 2**32 - 2
+
+
 def find_account(user: str) -> Account:
-    """Looks up a user name or a numeric uid; an unknown user is not_found."""
+    """Looks up a user name or a numeric uid; an unknown name is not_found.
+
+    A numeric uid without an account runs as that uid with the same gid and no home, as container
+    runtimes do for `--user 1234`.
+    """
+    numeric = user.isascii() and user.isdigit()
     try:
-        entry = pwd.getpwuid(int(user)) if user.isascii() and user.isdigit() else pwd.getpwnam(user)
+        entry = pwd.getpwuid(int(user)) if numeric else pwd.getpwnam(user)
     except (KeyError, ValueError, OverflowError):
+        if numeric and int(user) <= MAX_UID:
+            return Account(user, int(user), int(user), [int(user)], "/")
         raise OpError("not_found", f"user {user!r} does not exist in the sandbox") from None
     try:
         groups = os.getgrouplist(entry.pw_name, entry.pw_gid)

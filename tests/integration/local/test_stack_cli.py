@@ -38,11 +38,11 @@ needs_services = pytest.mark.skipif(
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
+def home(server_tmp_path: Path) -> Iterator[Path]:
     """A HUTCH_HOME whose stack is always brought down at the end, whatever the test did."""
-    yield tmp_path
-    if (tmp_path / "local" / "stack.json").exists():
-        run_cli(tmp_path, "down")
+    yield server_tmp_path
+    if (server_tmp_path / "local" / "stack.json").exists():
+        run_cli(server_tmp_path, "down")
 
 
 def run_cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

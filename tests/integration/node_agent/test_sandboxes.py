@@ -44,8 +44,12 @@ class Node:
             self.stopped.append((sandbox.id, reason))
 
         manager = SandboxManager(
-            self.options, self.layout, CrunRuntime(self.layout.crun_state), TemplateStore(self.options.templates_dir),
-            build_runtime(self.layout.runtime_cache), on_stopped,
+            self.options,
+            self.layout,
+            CrunRuntime(self.layout.crun_state),
+            TemplateStore(self.options.templates_dir),
+            build_runtime(self.layout.runtime_cache),
+            on_stopped,
         )
         self.managers.append(manager)
         return manager
@@ -58,8 +62,12 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     host.release_hybrid_cgroup_controllers()
     make_busybox_template(tmp_path / "templates" / "busybox")
     options = NodeOptions(
-        id="n-test", root_dir=tmp_path / "root", templates_dir=tmp_path / "templates",
-        cpu_millis=4000, memory_mb=2048, cgroup_parent=f"hutch-test-{uuid.uuid4().hex[:8]}",
+        id="n-test",
+        root_dir=tmp_path / "root",
+        templates_dir=tmp_path / "templates",
+        cpu_millis=4000,
+        memory_mb=2048,
+        cgroup_parent=f"hutch-test-{uuid.uuid4().hex[:8]}",
     )
     layout = NodeLayout(options.root_dir)
     layout.create()
@@ -75,8 +83,11 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 
 def request(**overrides: object) -> SandboxRequest:
     values: dict[str, object] = {
-        "sandbox_id": f"sb-{uuid.uuid4().hex[:20]}", "tenant_id": "tn-1", "template": "busybox",
-        "cpu_millis": 500, "memory_mb": 128,
+        "sandbox_id": f"sb-{uuid.uuid4().hex[:20]}",
+        "tenant_id": "tn-1",
+        "template": "busybox",
+        "cpu_millis": 500,
+        "memory_mb": 128,
     }
     values.update(overrides)
     return SandboxRequest(**values)  # type: ignore[arg-type]

@@ -8,8 +8,14 @@ LIMITS = Limits(max_cpu_millis=8000, max_memory_mb=16384)
 
 def create(**overrides: object) -> object:
     args: dict[str, object] = {
-        "template": "", "name": "", "cpu_millis": 0, "memory_mb": 0, "metadata": {}, "envs": {},
-        "timeout_seconds": 0, "limits": LIMITS,
+        "template": "",
+        "name": "",
+        "cpu_millis": 0,
+        "memory_mb": 0,
+        "metadata": {},
+        "envs": {},
+        "timeout_seconds": 0,
+        "limits": LIMITS,
     }
     args.update(overrides)
     return validate_create(**args)  # type: ignore[arg-type]

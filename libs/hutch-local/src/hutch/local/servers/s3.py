@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Any
-
-import urllib3
-from minio import Minio
+from typing import TYPE_CHECKING, Any
 
 from hutch.local.files import read_json, write_json_private
 from hutch.local.ports import (
@@ -22,6 +19,9 @@ from hutch.local.ports import (
 )
 from hutch.local.process import find_executable
 from hutch.local.servers.base import Command, ManagedServer
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 # SeaweedFS listens on four HTTP ports and four gRPC ports besides S3; all are chosen explicitly so two
 # instances can run side by side. They are kept in the data directory and reused while free, so the
@@ -40,6 +40,11 @@ _PORTS_FILE = "ports.json"
 
 def s3_client(endpoint: str, access_key: str, secret_key: str, *, secure: bool = False) -> Minio:
     """A minio client that fails fast: no retries, short timeouts (readiness probes poll anyway)."""
+    # Imported here: minio takes a quarter of a second to import, and every `hutch` command
+    # loads this module to offer `hutch local`.
+    import urllib3
+    from minio import Minio
+
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=10.0), retries=False)
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
 

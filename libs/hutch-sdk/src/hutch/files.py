@@ -132,6 +132,8 @@ class AsyncFiles:
                     await call.write(files_pb2.WriteFileRequest(header=header))
                     async for chunk in iter_chunks(data):
                         await call.write(files_pb2.WriteFileRequest(data=chunk))
+                    # Only `end` commits the file: a stream cut short anywhere on its way writes nothing.
+                    await call.write(files_pb2.WriteFileRequest(end=files_pb2.WriteFileEnd()))
                     await call.done_writing()
                 except asyncio.InvalidStateError:
                     # The gateway ended the call early (e.g. the file is too large); awaiting the

@@ -109,10 +109,24 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
             )
 
         async def chunks() -> AsyncIterator[bytes]:
+            received = 0
+            ended = False
             async for request in request_iterator:
-                if request.WhichOneof("event") != "data":
-                    raise errors.InvalidArgument("after the header, Write takes only data messages")
+                which = request.WhichOneof("event")
+                if which == "end":
+                    ended = True
+                    break
+                if which != "data":
+                    raise errors.InvalidArgument("after the header, Write takes data messages and then `end`")
+                received += len(request.data)
                 yield request.data
+            # Raising before the supervisor gets END throws the temporary file away.
+            if not ended:
+                raise errors.InvalidArgument(f"{header.path}: the upload stopped before its `end` message; nothing was written")
+            if header.size and received != header.size:
+                raise errors.InvalidArgument(
+                    f"{header.path}: the upload carried {received} of the {header.size} bytes declared; nothing was written"
+                )
 
         info = await self._manager.supervisor(header.sandbox).write_file(
             header.path, chunks(), mode=header.mode, user=header.user, max_bytes=limit

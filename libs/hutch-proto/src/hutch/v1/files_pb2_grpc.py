@@ -86,8 +86,9 @@ class FilesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Write(self, request_iterator, context):
-        """The first request carries the header, the next ones the data. The file is replaced atomically
-        once every byte has arrived, so a broken upload never leaves a half-written file.
+        """The first request carries the header, the next ones the data, the last one `end`. The file is
+        replaced atomically only when `end` arrives (and, if the header declared a size, every byte of
+        it), so an upload cut off for any reason never leaves a half-written file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

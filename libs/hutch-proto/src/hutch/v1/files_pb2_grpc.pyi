@@ -38,8 +38,9 @@ class FilesStub:
     Read: _grpc.UnaryStreamMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]
     """Streams the file's bytes: the first response carries its info, the next ones its data."""
     Write: _grpc.StreamUnaryMultiCallable[_files_pb2.WriteFileRequest, _files_pb2.FileInfo]
-    """The first request carries the header, the next ones the data. The file is replaced atomically
-    once every byte has arrived, so a broken upload never leaves a half-written file.
+    """The first request carries the header, the next ones the data, the last one `end`. The file is
+    replaced atomically only when `end` arrives (and, if the header declared a size, every byte of
+    it), so an upload cut off for any reason never leaves a half-written file.
     """
     List: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListDirRequest, _files_pb2.ListDirResponse]
     Stat: _grpc.UnaryUnaryMultiCallable[_files_pb2.StatRequest, _files_pb2.FileInfo]
@@ -57,8 +58,9 @@ class FilesAsyncStub(FilesStub):
     Read: _aio.UnaryStreamMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]  # type: ignore[assignment]
     """Streams the file's bytes: the first response carries its info, the next ones its data."""
     Write: _aio.StreamUnaryMultiCallable[_files_pb2.WriteFileRequest, _files_pb2.FileInfo]  # type: ignore[assignment]
-    """The first request carries the header, the next ones the data. The file is replaced atomically
-    once every byte has arrived, so a broken upload never leaves a half-written file.
+    """The first request carries the header, the next ones the data, the last one `end`. The file is
+    replaced atomically only when `end` arrives (and, if the header declared a size, every byte of
+    it), so an upload cut off for any reason never leaves a half-written file.
     """
     List: _aio.UnaryUnaryMultiCallable[_files_pb2.ListDirRequest, _files_pb2.ListDirResponse]  # type: ignore[assignment]
     Stat: _aio.UnaryUnaryMultiCallable[_files_pb2.StatRequest, _files_pb2.FileInfo]  # type: ignore[assignment]
@@ -85,8 +87,9 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_files_pb2.WriteFileRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.FileInfo, _abc.Awaitable[_files_pb2.FileInfo]]:
-        """The first request carries the header, the next ones the data. The file is replaced atomically
-        once every byte has arrived, so a broken upload never leaves a half-written file.
+        """The first request carries the header, the next ones the data, the last one `end`. The file is
+        replaced atomically only when `end` arrives (and, if the header declared a size, every byte of
+        it), so an upload cut off for any reason never leaves a half-written file.
         """
 
     @_abc_1.abstractmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -170,11 +171,15 @@ def test_a_memory_hog_is_killed_inside_its_own_sandbox(attacker: Sandbox, victim
     assert_victim_untouched(victim)
 
 
-def test_a_cpu_spinner_does_not_starve_other_sandboxes(attacker: Sandbox, victim: Sandbox) -> None:
+def test_a_cpu_spinner_is_held_to_its_quota(attacker: Sandbox, victim: Sandbox) -> None:
     attacker.commands.run("for i in 1 2 3 4; do (while :; do :; done) & done; true")
-    started = time.monotonic()
+    usage = Path(f"/sys/fs/cgroup/cpuacct/hutch/{attacker.id}/cpuacct.usage")
+    before, started = int(usage.read_text()), time.monotonic()
+    time.sleep(2)
+    vcpus = (int(usage.read_text()) - before) / 1e9 / (time.monotonic() - started)
+    # Four spinning processes, one vCPU of quota: the sandbox gets about one CPU, never the node.
+    assert 0.5 < vcpus < 1.2, vcpus
     assert victim.commands.run("python3 -c 'print(sum(range(10**6)))'").stdout == "499999500000\n"
-    assert time.monotonic() - started < 30
     assert_victim_untouched(victim)
 
 

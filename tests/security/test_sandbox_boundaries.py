@@ -120,7 +120,7 @@ def test_mounting_raw_sockets_and_kernel_modules_are_refused(attacker: Sandbox) 
     # built without modules.
     out, _ = sh(
         attacker,
-        "python3 -c \"import ctypes; c = ctypes.CDLL(None, use_errno=True); "
+        'python3 -c "import ctypes; c = ctypes.CDLL(None, use_errno=True); '
         "print(c.syscall(175, None, 0, b''), ctypes.get_errno())\"",
     )
     assert out.split() in (["-1", "1"], ["-1", "38"])

@@ -26,6 +26,11 @@ class ChangeFeed:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._listeners: list[Callable[[str | None], None]] = []
+
+    def on_change(self, listener: Callable[[str | None], None]) -> None:
+        """Calls `listener(sandbox_id)` after every committed change (None: anything may have changed)."""
+        self._listeners.append(listener)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -46,10 +51,14 @@ class ChangeFeed:
                     await conn.close()
 
     def _on_notify(self, conn: object, pid: int, channel: str, sandbox_id: str) -> None:
+        for listener in self._listeners:
+            listener(sandbox_id)
         for event in self._waiters.get(sandbox_id, ()):
             event.set()
 
     def _wake_all(self) -> None:
+        for listener in self._listeners:
+            listener(None)
         for events in self._waiters.values():
             for event in events:
                 event.set()

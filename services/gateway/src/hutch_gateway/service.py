@@ -15,6 +15,7 @@ from hutch.core.outbox import OutboxRelay
 from hutch_gateway import events_out, store
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
+from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class SandboxService:
         self._nodes = nodes
         self._options = options
         self._region = region
+        self._routes = RouteCache()
+        feed.on_change(self._routes.forget)
 
     async def create(self, tenant_id: str, request: CreateRequest) -> SandboxRecord:
         self._check_template(request.template)
@@ -105,7 +108,11 @@ class SandboxService:
 
     async def running(self, tenant_id: str, ref: str) -> tuple[SandboxRecord, NodeInfo]:
         """The sandbox and its node, for data-plane calls; refuses sandboxes that do not run."""
-        record = await self.get(tenant_id, ref)
+        record = self._routes.get(tenant_id, ref)
+        if record is None:
+            record = await self.get(tenant_id, ref)
+            if record.state == State.RUNNING:
+                self._routes.put(tenant_id, ref, record)
         if record.state != State.RUNNING or not record.node_id:
             raise errors.FailedPrecondition(
                 f"sandbox {record.id} is {record.state.value}, not running"

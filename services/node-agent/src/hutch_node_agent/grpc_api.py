@@ -122,10 +122,13 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
                 yield request.data
             # Raising before the supervisor gets END throws the temporary file away.
             if not ended:
-                raise errors.InvalidArgument(f"{header.path}: the upload stopped before its `end` message; nothing was written")
+                raise errors.InvalidArgument(
+                    f"{header.path}: the upload stopped before its `end` message; nothing was written"
+                )
             if header.size and received != header.size:
                 raise errors.InvalidArgument(
-                    f"{header.path}: the upload carried {received} of the {header.size} bytes declared; nothing was written"
+                    f"{header.path}: the upload carried {received} of the {header.size} bytes declared; "
+                    "nothing was written"
                 )
 
         info = await self._manager.supervisor(header.sandbox).write_file(

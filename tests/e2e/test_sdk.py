@@ -59,10 +59,13 @@ def connection(local_stack: Any) -> dict[str, str]:
     return {"api_key": local_stack.api_key, "endpoint": local_stack.endpoint}
 
 
-@pytest.fixture(scope="module")
-def sandbox(connection: dict[str, str]) -> Iterator[Sandbox]:
-    """One sandbox shared by the tests that only run commands and touch files."""
-    box = Sandbox.create(metadata={"suite": "e2e-sdk"}, envs={"FROM_SANDBOX": "yes"}, **connection)
+@pytest.fixture(scope="module", params=["container", "gvisor"])
+def sandbox(request: pytest.FixtureRequest, connection: dict[str, str]) -> Iterator[Sandbox]:
+    """One sandbox per isolation class, shared by the tests that only run commands and touch files:
+    everything the SDK offers must behave the same under both classes."""
+    box = Sandbox.create(
+        metadata={"suite": "e2e-sdk"}, envs={"FROM_SANDBOX": "yes"}, isolation=request.param, **connection
+    )
     try:
         yield box
     finally:
@@ -205,8 +208,13 @@ def test_stdin(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("wc -c", stdin=io.BytesIO(b"12345")).stdout.strip() == "5"
 
 
-@pytest.mark.parametrize("stdin", ["text ✓", b"\x00\xffbinary", io.BytesIO(b"from a \x00 file")])
-def test_stdin_arrives_byte_for_byte_then_closes(sandbox: Sandbox, stdin: str | bytes | io.BytesIO) -> None:
+@pytest.mark.parametrize(
+    "make_stdin", [lambda: "text ✓", lambda: b"\x00\xffbinary", lambda: io.BytesIO(b"from a \x00 file")]
+)
+def test_stdin_arrives_byte_for_byte_then_closes(
+    sandbox: Sandbox, make_stdin: Callable[[], str | bytes | io.BytesIO]
+) -> None:
+    stdin = make_stdin()  # a fresh file object for each sandbox: reading one consumes it
     expected = stdin.getvalue() if isinstance(stdin, io.BytesIO) else stdin
     expected_bytes = expected.encode() if isinstance(expected, str) else expected
     # od ends only once stdin is closed.

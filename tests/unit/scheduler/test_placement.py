@@ -34,3 +34,11 @@ def test_unknown_template_is_not_found_and_lists_what_exists() -> None:
 def test_no_node_at_all_is_unavailable() -> None:
     with pytest.raises(errors.Unavailable):
         choose_node(Demand(100, 64, "base"), [], "r")
+
+
+def test_only_nodes_running_the_isolation_class_are_chosen() -> None:
+    crun_only = Candidate("a", 4000, 8192, 0, 0, frozenset({"base"}), frozenset({"container"}))
+    both = Candidate("b", 4000, 1024, 0, 0, frozenset({"base"}), frozenset({"container", "gvisor"}))
+    assert choose_node(Demand(1000, 512, "base", "gvisor"), [crun_only, both], "r") == "b"
+    with pytest.raises(errors.FailedPrecondition, match="offered: container"):
+        choose_node(Demand(1000, 512, "base", "gvisor"), [crun_only], "r")

@@ -102,6 +102,8 @@ def create_request(
     metadata: Mapping[str, str] | None,
     envs: Mapping[str, str] | None,
     timeout: float | None,
+    isolation: str = "auto",
+    trust: str | None = None,
 ) -> sandbox_pb2.CreateSandboxRequest:
     """Builds the request `Sandbox.create` sends; see there for the arguments."""
     return sandbox_pb2.CreateSandboxRequest(
@@ -111,6 +113,8 @@ def create_request(
         metadata=dict(metadata or {}),
         envs=dict(envs or {}),
         timeout_seconds=lifetime_seconds(timeout),
+        isolation=isolation,
+        trust=trust or "",
     )
 
 

@@ -83,6 +83,7 @@ class SandboxInfo:
         timeout: Its lifetime in seconds, or None when it lives until killed.
         state_reason: Why it is FAILED or KILLED, or None.
         region: The region it runs in.
+        isolation: The isolation class it runs under: "container" or "gvisor".
     """
 
     id: str
@@ -98,6 +99,7 @@ class SandboxInfo:
     timeout: int | None = None
     state_reason: str | None = None
     region: str = ""
+    isolation: str = ""
 
     @classmethod
     def from_proto(cls, message: sandbox_pb2.Sandbox) -> SandboxInfo:
@@ -116,6 +118,7 @@ class SandboxInfo:
             timeout=message.timeout_seconds or None,
             state_reason=message.state_reason or None,
             region=message.region,
+            isolation=message.isolation,
         )
 
 

@@ -139,6 +139,8 @@ class AsyncSandbox:
         envs: Mapping[str, str] | None = None,
         timeout: float | None = None,
         *,
+        isolation: str = "auto",
+        trust: str | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -154,6 +156,10 @@ class AsyncSandbox:
             metadata: Key/value pairs to find the sandbox by later (`list(metadata=...)`).
             envs: Environment variables every process in the sandbox starts with.
             timeout: The sandbox's lifetime in seconds; None lives until killed.
+            isolation: "container" (fast, for trusted code), "gvisor" (a user-space kernel between
+                the code and the host, for untrusted code) or "auto": chosen from `trust`.
+            trust: "trusted" or "untrusted"; None means the tenant's default. With "auto",
+                untrusted code runs under gVisor.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -180,6 +186,8 @@ class AsyncSandbox:
             metadata=metadata,
             envs=envs,
             timeout=timeout,
+            isolation=isolation,
+            trust=trust,
         )
         connection = Connection(resolve(api_key, endpoint, request_timeout))
         try:
@@ -425,6 +433,8 @@ class Sandbox:
         envs: Mapping[str, str] | None = None,
         timeout: float | None = None,
         *,
+        isolation: str = "auto",
+        trust: str | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -440,6 +450,10 @@ class Sandbox:
             metadata: Key/value pairs to find the sandbox by later (`list(metadata=...)`).
             envs: Environment variables every process in the sandbox starts with.
             timeout: The sandbox's lifetime in seconds; None lives until killed.
+            isolation: "container" (fast, for trusted code), "gvisor" (a user-space kernel between
+                the code and the host, for untrusted code) or "auto": chosen from `trust`.
+            trust: "trusted" or "untrusted"; None means the tenant's default. With "auto",
+                untrusted code runs under gVisor.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -468,6 +482,8 @@ class Sandbox:
                     metadata,
                     envs,
                     timeout,
+                    isolation=isolation,
+                    trust=trust,
                     api_key=api_key,
                     endpoint=endpoint,
                     request_timeout=request_timeout,

@@ -10,6 +10,7 @@ import sys
 from hutch.core import db, outbox
 from hutch_gateway import store, tenants
 from hutch_gateway.app import SCHEMA
+from hutch_gateway.isolation import CLASSES, TRUSTED, UNTRUSTED, IsolationPolicy
 from hutch_gateway.settings import GatewaySettings
 
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -20,6 +21,11 @@ async def _run(settings: GatewaySettings, args: argparse.Namespace) -> int:
         await db.migrate(pool, SCHEMA, [*outbox.MIGRATIONS, *db.load_migrations("hutch_gateway", SCHEMA)])
         if args.command in ("create-tenant", "create-key"):
             print(await tenants.create_key(pool, args.name))  # noqa: T201
+        elif args.command == "set-policy":
+            policy = IsolationPolicy(frozenset(args.allow), args.default_trust)
+            if not await store.set_isolation_policy(pool, args.name, policy):
+                print(f"no tenant named {args.name!r}", file=sys.stderr)  # noqa: T201
+                return 1
         elif args.command == "list-tenants":
             for tenant_id, name, keys in await store.list_tenants(pool):
                 print(f"{tenant_id}\t{name}\t{keys} key(s)")  # noqa: T201
@@ -34,6 +40,17 @@ def main(argv: list[str]) -> int:
         ("create-key", "print a new API key for an existing (or new) tenant"),
     ):
         sub.add_parser(command, help=text).add_argument("name", help="tenant name: lowercase letters, digits, '-'")
+    policy = sub.add_parser("set-policy", help="set which isolation classes a tenant may use")
+    policy.add_argument("name", help="tenant name")
+    policy.add_argument(
+        "--allow", nargs="+", choices=CLASSES, default=list(CLASSES), help="isolation classes the tenant may use"
+    )
+    policy.add_argument(
+        "--default-trust",
+        choices=(TRUSTED, UNTRUSTED),
+        default=TRUSTED,
+        help="the trust assumed when a create does not say (untrusted: gVisor by default)",
+    )
     sub.add_parser("list-tenants", help="list tenants and how many live keys each has")
     args = parser.parse_args(argv)
     if getattr(args, "name", None) is not None and not _TENANT_NAME.match(args.name):

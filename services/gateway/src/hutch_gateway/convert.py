@@ -42,6 +42,7 @@ def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
         timeout_seconds=record.timeout_seconds,
         state_reason=record.state_reason,
         region=record.region,
+        isolation=record.isolation,
     )
 
 

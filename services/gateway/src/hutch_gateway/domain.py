@@ -55,6 +55,9 @@ class CreateRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     envs: dict[str, str] = field(default_factory=dict)
     timeout_seconds: int = 0
+    # As asked: "auto", "container" or "gvisor", and "trusted"/"untrusted"/"" (see isolation.py).
+    isolation: str = ""
+    trust: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class SandboxRecord:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    isolation: str = "container"
 
     def error(self) -> errors.HutchError:
         """The error a FAILED sandbox reports to whoever waited for it."""
@@ -97,6 +101,8 @@ def validate_create(
     envs: dict[str, str],
     timeout_seconds: int,
     limits: Limits,
+    isolation: str = "",
+    trust: str = "",
 ) -> CreateRequest:
     """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field."""
     template = template or DEFAULT_TEMPLATE
@@ -121,7 +127,9 @@ def validate_create(
         raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
     _check_metadata(metadata)
     _check_envs(envs)
-    return CreateRequest(template, name, cpu_millis, memory_mb, dict(metadata), dict(envs), timeout_seconds)
+    return CreateRequest(
+        template, name, cpu_millis, memory_mb, dict(metadata), dict(envs), timeout_seconds, isolation, trust
+    )
 
 
 def check_name(name: str) -> None:

@@ -21,6 +21,7 @@ def requested(record: SandboxRecord, request: CreateRequest) -> Envelope[ev.Sand
         metadata=record.metadata,
         timeout_seconds=record.timeout_seconds,
         region=record.region,
+        isolation=record.isolation,
     )
     return Envelope(
         kind=events.SANDBOX_REQUESTED,

@@ -54,6 +54,8 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             envs=dict(request.envs),
             timeout_seconds=request.timeout_seconds,
             limits=self._limits,
+            isolation=request.isolation,
+            trust=request.trust,
         )
         return convert.sandbox(await self._service.create(tenant, create))
 

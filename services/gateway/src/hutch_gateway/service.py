@@ -15,6 +15,7 @@ from hutch.core.outbox import OutboxRelay
 from hutch_gateway import events_out, store
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
+from hutch_gateway.isolation import choose_isolation
 from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
 
@@ -46,7 +47,10 @@ class SandboxService:
         self._check_template(request.template)
         sandbox_id = new_id(SANDBOX_ID_PREFIX)
         async with self._db.acquire() as conn, conn.transaction():
-            record = await store.insert_sandbox(conn, sandbox_id, tenant_id, request, self._region)
+            policy = await store.isolation_policy(conn, tenant_id)
+            isolation = choose_isolation(request.isolation, request.trust, policy)
+            self._check_isolation(isolation)
+            record = await store.insert_sandbox(conn, sandbox_id, tenant_id, request, self._region, isolation)
             await outbox.stage(
                 conn, events.SANDBOX_REQUESTED.subject(self._region), events_out.requested(record, request)
             )
@@ -68,6 +72,14 @@ class SandboxService:
         known = set().union(*(n.templates for n in self._nodes.alive()))
         if known and template not in known:
             raise errors.NotFound(f"template {template!r} does not exist; available: {', '.join(sorted(known))}")
+
+    def _check_isolation(self, isolation: str) -> None:
+        offered = set().union(*(n.isolation_classes for n in self._nodes.alive()))
+        if offered and isolation not in offered:
+            raise errors.FailedPrecondition(
+                f"no node in region {self._region!r} runs the {isolation!r} isolation class "
+                f"(offered: {', '.join(sorted(offered))})"
+            )
 
     async def get(self, tenant_id: str, ref: str) -> SandboxRecord:
         record = await store.find(self._db, tenant_id, ref) if ref else None

@@ -15,12 +15,13 @@ import asyncpg
 
 from hutch.core import errors
 from hutch_gateway.domain import CreateRequest, SandboxRecord, State
+from hutch_gateway.isolation import IsolationPolicy
 
 CHANNEL = "hutch_sandbox"
 
 _COLUMNS = (
     "id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, timeout_seconds, region, "
-    "node_id, error_code, state_reason, created_at, started_at, ended_at"
+    "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation"
 )
 
 
@@ -43,6 +44,7 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         created_at=row["created_at"],
         started_at=row["started_at"],
         ended_at=row["ended_at"],
+        isolation=row["isolation"],
     )
 
 
@@ -83,6 +85,23 @@ async def add_key(
     )
 
 
+async def isolation_policy(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str) -> IsolationPolicy:
+    row = await conn.fetchrow("SELECT allowed_isolation, default_trust FROM tenants WHERE id = $1", tenant_id)
+    if row is None:
+        raise errors.NotFound(f"tenant {tenant_id} does not exist")
+    return IsolationPolicy(frozenset(row["allowed_isolation"]), row["default_trust"])
+
+
+async def set_isolation_policy(db: asyncpg.Pool, tenant_name: str, policy: IsolationPolicy) -> bool:
+    result: str = await db.execute(
+        "UPDATE tenants SET allowed_isolation = $2, default_trust = $3 WHERE name = $1",
+        tenant_name,
+        sorted(policy.allowed),
+        policy.default_trust,
+    )
+    return result.endswith(" 1")
+
+
 async def list_tenants(db: asyncpg.Pool) -> list[tuple[str, str, int]]:
     rows = await db.fetch(
         "SELECT t.id, t.name, count(k.id) AS keys FROM tenants t "
@@ -95,13 +114,18 @@ async def list_tenants(db: asyncpg.Pool) -> list[tuple[str, str, int]]:
 
 
 async def insert_sandbox(
-    conn: asyncpg.Connection, sandbox_id: str, tenant_id: str, request: CreateRequest, region: str
+    conn: asyncpg.Connection,
+    sandbox_id: str,
+    tenant_id: str,
+    request: CreateRequest,
+    region: str,
+    isolation: str = "container",
 ) -> SandboxRecord:
     try:
         row = await conn.fetchrow(
             f"INSERT INTO sandboxes (id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, "
-            f"timeout_seconds, region) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9) "
-            f"RETURNING {_COLUMNS}",
+            f"timeout_seconds, region, isolation) "
+            f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10) RETURNING {_COLUMNS}",
             sandbox_id,
             tenant_id,
             request.name,
@@ -111,6 +135,7 @@ async def insert_sandbox(
             json.dumps(request.metadata),
             request.timeout_seconds,
             region,
+            isolation,
         )
     except asyncpg.UniqueViolationError:
         raise errors.AlreadyExists(

@@ -19,7 +19,7 @@ from hutch_node_agent.grpc_api import NodeAgentServicer
 from hutch_node_agent.handlers import CommandHandler
 from hutch_node_agent.heartbeat import Heartbeat
 from hutch_node_agent.layout import NodeLayout
-from hutch_node_agent.runtime import CrunRuntime
+from hutch_node_agent.runtime import node_runtimes
 from hutch_node_agent.sandboxes import SandboxManager
 from hutch_node_agent.settings import NodeAgentSettings
 from hutch_node_agent.supervisor.bundle import build_runtime
@@ -37,7 +37,7 @@ async def run(settings: NodeAgentSettings) -> None:
     if templates.BASE not in store.names() and options.build_base_template:
         await asyncio.to_thread(templates.build_base, options.templates_dir)
     supervisor_runtime = await asyncio.to_thread(build_runtime, layout.runtime_cache)
-    runtime = CrunRuntime(layout.crun_state)
+    runtimes = node_runtimes(layout.root)
 
     with telemetry.tracing(settings.telemetry, "node-agent", settings.region):
         async with Bus.connect(settings.nats, settings.region, f"node-agent-{options.id}") as bus:
@@ -48,7 +48,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
                 changed.set()
 
-            manager = SandboxManager(options, layout, runtime, store, supervisor_runtime, on_stopped)
+            manager = SandboxManager(options, layout, runtimes, store, supervisor_runtime, on_stopped)
             for ended in await manager.recover():
                 await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
 
@@ -72,7 +72,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 address,
                 manager,
                 store,
-                [runtime.isolation_class],
+                sorted(runtimes),
                 changed,
             )
             commands = ConsumerSpec(

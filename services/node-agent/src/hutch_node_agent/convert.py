@@ -29,6 +29,7 @@ def request_from_spec(spec: ev.SandboxSpec) -> SandboxRequest:
         envs=dict(spec.envs),
         metadata=dict(spec.metadata),
         timeout_seconds=spec.timeout_seconds,
+        isolation=spec.isolation or "container",
     )
 
 

@@ -33,6 +33,8 @@ class SandboxRequest:
     envs: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     timeout_seconds: int = 0
+    # The isolation class: "container" (crun) or "gvisor" (runsc).
+    isolation: str = "container"
 
 
 @dataclass

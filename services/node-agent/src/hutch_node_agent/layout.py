@@ -68,13 +68,12 @@ class NodeLayout:
     def runtime_cache(self) -> Path:
         return self.root / "runtime"
 
-    @property
-    def crun_state(self) -> Path:
-        return self.root / "crun"
+    def runtime_state(self, isolation_class: str) -> Path:
+        return self.root / "runtimes" / isolation_class
 
     def sandbox(self, sandbox_id: str) -> SandboxPaths:
         return SandboxPaths(self.sandboxes / sandbox_id)
 
     def create(self) -> None:
-        for folder in (self.sandboxes, self.runtime_cache, self.crun_state):
+        for folder in (self.sandboxes, self.runtime_cache, self.root / "runtimes"):
             folder.mkdir(parents=True, exist_ok=True)

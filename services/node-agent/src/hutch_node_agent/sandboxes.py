@@ -21,7 +21,7 @@ from hutch.core import errors, telemetry
 from hutch_node_agent import oci, rootfs
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest, check_sandbox_id
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
-from hutch_node_agent.runtime import Runtime
+from hutch_node_agent.runtime import OciRuntime
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor.bundle import SupervisorRuntime
 from hutch_node_agent.supervisor.client import SupervisorClient
@@ -40,14 +40,14 @@ class SandboxManager:
         self,
         options: NodeOptions,
         layout: NodeLayout,
-        runtime: Runtime,
+        runtimes: dict[str, OciRuntime],
         templates: TemplateStore,
         supervisor: SupervisorRuntime,
         on_stopped: StoppedCallback,
     ) -> None:
         self._options = options
         self._layout = layout
-        self._runtime = runtime
+        self._runtimes = runtimes
         self._templates = templates
         self._supervisor = supervisor
         self._on_stopped = on_stopped
@@ -90,6 +90,7 @@ class SandboxManager:
             if existing is not None:
                 raise errors.FailedPrecondition(f"sandbox {request.sandbox_id} is {existing.status}")
             self._check_capacity(request)
+            self._runtime_for(request.isolation)
             template = self._templates.get(request.template)
             env = dict(item.split("=", 1) for item in template.env if "=" in item)
             env.update(request.envs)
@@ -105,10 +106,19 @@ class SandboxManager:
             try:
                 await self._start(sandbox, paths, template.rootfs)
             except BaseException:
-                await self._teardown(sandbox.id, paths)
+                await self._teardown(sandbox.id, paths, request.isolation)
                 self._sandboxes.pop(sandbox.id, None)
                 raise
             return sandbox
+
+    def _runtime_for(self, isolation: str) -> OciRuntime:
+        runtime = self._runtimes.get(isolation)
+        if runtime is None:
+            raise errors.FailedPrecondition(
+                f"node {self._options.id} cannot run the {isolation!r} isolation class; "
+                f"it offers {', '.join(sorted(self._runtimes))}"
+            )
+        return runtime
 
     def _check_capacity(self, request: SandboxRequest) -> None:
         cpu, memory = self.allocated()
@@ -121,7 +131,7 @@ class SandboxManager:
 
     async def _start(self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: Path) -> None:
         if paths.dir.exists():  # leftovers of an attempt that died half-way
-            await self._teardown(sandbox.id, paths)
+            await self._teardown(sandbox.id, paths, sandbox.request.isolation)
         paths.dir.mkdir(parents=True)
         paths.run.mkdir(mode=0o700)
         with _tracer.start_as_current_span("mount rootfs"):
@@ -144,7 +154,8 @@ class SandboxManager:
         paths.config.write_text(json.dumps(oci.container_config(spec)))
         self._save(sandbox, paths)
         with _tracer.start_as_current_span("runtime start"):
-            sandbox.init_pid = await self._runtime.run_detached(sandbox.id, paths.dir, paths.log)
+            runtime = self._runtime_for(sandbox.request.isolation)
+            sandbox.init_pid = await runtime.run_detached(sandbox.id, paths.dir, paths.log)
         with _tracer.start_as_current_span("supervisor ready"):
             await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
         sandbox.status = "running"
@@ -166,21 +177,24 @@ class SandboxManager:
             paths = self._layout.sandbox(sandbox_id)
             if sandbox is None:
                 if paths.dir.exists():  # a folder without a live record: clean it up anyway
-                    await self._teardown(sandbox_id, paths)
+                    await self._teardown(sandbox_id, paths, None)
                 return False
             was_running = sandbox.status == "running"
             sandbox.status = "stopping"
-            await self._teardown(sandbox_id, paths)
+            await self._teardown(sandbox_id, paths, sandbox.request.isolation)
             sandbox.status = "stopped"
             self._sandboxes.pop(sandbox_id, None)
         if was_running:
             await self._on_stopped(sandbox, reason)
         return was_running
 
-    async def _teardown(self, sandbox_id: str, paths: SandboxPaths) -> None:
+    async def _teardown(self, sandbox_id: str, paths: SandboxPaths, isolation: str | None) -> None:
         self._unwatch(sandbox_id)
-        await self._runtime.kill(sandbox_id)
-        await self._runtime.delete(sandbox_id)
+        # Without a record (isolation None) every runtime is asked: nothing says which one ran it.
+        chosen = self._runtimes.get(isolation or "")
+        for runtime in [chosen] if chosen is not None else list(self._runtimes.values()):
+            await runtime.kill(sandbox_id)
+            await runtime.delete(sandbox_id)
         rootfs.unmount(paths.rootfs)
         await asyncio.to_thread(shutil.rmtree, paths.dir, True)
 
@@ -191,14 +205,16 @@ class SandboxManager:
         ended: list[LocalSandbox] = []
         if not self._layout.sandboxes.is_dir():
             return ended
-        states = await self._runtime.list()
+        states = {}
+        for runtime in self._runtimes.values():
+            states.update(await runtime.list())
         for folder in sorted(self._layout.sandboxes.iterdir()):
             paths = SandboxPaths(folder)
             try:
                 sandbox = LocalSandbox.from_record(json.loads(paths.record.read_text()))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("removing %s: unreadable record (%s)", folder, exc)
-                await self._teardown(folder.name, paths)
+                await self._teardown(folder.name, paths, None)
                 continue
             state = states.get(sandbox.id)
             if sandbox.status == "running" and state is not None and state.status == "running":
@@ -208,7 +224,7 @@ class SandboxManager:
                 log.info("found running sandbox %s again (init pid %d)", sandbox.id, state.pid)
                 continue
             log.info("sandbox %s ended while the node-agent was away", sandbox.id)
-            await self._teardown(sandbox.id, paths)
+            await self._teardown(sandbox.id, paths, sandbox.request.isolation)
             if sandbox.status == "running":
                 ended.append(sandbox)
         return ended

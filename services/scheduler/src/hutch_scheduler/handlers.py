@@ -49,12 +49,15 @@ class SchedulerHandler:
                     cpu_millis_used=max(ledger_cpu, node.cpu_millis_allocated),
                     memory_mb_used=max(ledger_memory, node.memory_mb_allocated),
                     templates=node.templates,
+                    isolation_classes=node.isolation_classes,
                 )
             )
         return result
 
     async def _place(self, spec: ev.SandboxSpec) -> None:
-        demand = Demand(spec.resources.cpu_millis, spec.resources.memory_mb, spec.template)
+        demand = Demand(
+            spec.resources.cpu_millis, spec.resources.memory_mb, spec.template, spec.isolation or "container"
+        )
         sandbox, tenant = spec.sandbox_id, spec.tenant_id
         async with self._db.acquire() as conn, conn.transaction():
             await store.lock_region(conn, self._region)

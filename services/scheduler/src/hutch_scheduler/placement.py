@@ -12,6 +12,7 @@ class Demand:
     cpu_millis: int
     memory_mb: int
     template: str
+    isolation: str = "container"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Candidate:
     cpu_millis_used: int
     memory_mb_used: int
     templates: frozenset[str]
+    isolation_classes: frozenset[str] = frozenset({"container"})
 
     @property
     def cpu_free(self) -> int:
@@ -42,6 +44,14 @@ def choose_node(demand: Demand, candidates: list[Candidate], region: str) -> str
     """
     if not candidates:
         raise errors.Unavailable(f"no node is running in region {region!r}: start a node-agent")
+    capable = [c for c in candidates if demand.isolation in c.isolation_classes]
+    if not capable:
+        offered = sorted(set().union(*(c.isolation_classes for c in candidates)))
+        raise errors.FailedPrecondition(
+            f"no node in region {region!r} runs the {demand.isolation!r} isolation class "
+            f"(offered: {', '.join(offered) or 'none'})"
+        )
+    candidates = capable
     with_template = [c for c in candidates if demand.template in c.templates]
     if not with_template:
         known = sorted(set().union(*(c.templates for c in candidates)))

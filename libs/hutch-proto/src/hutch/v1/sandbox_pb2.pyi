@@ -110,6 +110,7 @@ class Sandbox(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template: _builtins.str
@@ -119,6 +120,8 @@ class Sandbox(_message.Message):
     state_reason: _builtins.str
     """Why the sandbox is FAILED or KILLED, in words a person can act on."""
     region: _builtins.str
+    isolation: _builtins.str
+    """The isolation class it runs under: "container" or "gvisor"."""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -144,10 +147,11 @@ class Sandbox(_message.Message):
         timeout_seconds: _builtins.int = ...,
         state_reason: _builtins.str = ...,
         region: _builtins.str = ...,
+        isolation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "id", b"id", "metadata", b"metadata", "name", b"name", "region", b"region", "resources", b"resources", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "region", b"region", "resources", b"resources", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,11 +207,19 @@ class CreateSandboxRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     ENVS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """Template name; "base" when empty."""
     name: _builtins.str
     """Optional; unique among the tenant's live sandboxes. Lowercase letters, digits and '-', 1 to 63 characters."""
     timeout_seconds: _builtins.int
+    isolation: _builtins.str
+    """"container" (fast; trusted code), "gvisor" (a user-space kernel between the code and the host;
+    untrusted code) or "auto"/empty: chosen from `trust`. The tenant's policy may forbid a class.
+    """
+    trust: _builtins.str
+    """"trusted" or "untrusted"; empty means the tenant's default. Only used when isolation is auto."""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -225,10 +237,12 @@ class CreateSandboxRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         envs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.int = ...,
+        isolation: _builtins.str = ...,
+        trust: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "metadata", b"metadata", "name", b"name", "resources", b"resources", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "resources", b"resources", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,6 +35,10 @@ def create(
     timeout: Annotated[
         float | None, typer.Option(help="Lifetime in seconds; without it the sandbox lives until killed.")
     ] = None,
+    isolation: Annotated[str, typer.Option(help="container, gvisor, or auto (chosen from --trust).")] = "auto",
+    trust: Annotated[
+        str | None, typer.Option(help="trusted or untrusted (untrusted code gets gVisor under auto).")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a sandbox and print its id once it runs."""
@@ -46,6 +50,8 @@ def create(
         metadata=parse_pairs(metadata, "--metadata"),
         envs=parse_pairs(env, "--env"),
         timeout=timeout,
+        isolation=isolation,
+        trust=trust,
     )
     try:
         if json_output:
@@ -71,13 +77,14 @@ def list_sandboxes(
     if json_output:
         print_json(sandboxes)
         return
-    table = Table("ID", "NAME", "TEMPLATE", "STATE", "CPU", "MEMORY", "CREATED", "METADATA")
+    table = Table("ID", "NAME", "TEMPLATE", "STATE", "CLASS", "CPU", "MEMORY", "CREATED", "METADATA")
     for info in sandboxes:
         cells = (
             info.id,
             info.name or "-",
             info.template,
             _state(info),
+            info.isolation or "-",
             f"{info.cpu:g}",
             f"{info.memory_mb} MiB",
             when(info.created_at),
@@ -107,6 +114,7 @@ def get(
         ("cpu", f"{info.cpu:g} vCPU"),
         ("memory", f"{info.memory_mb} MiB"),
         ("region", info.region or "-"),
+        ("isolation", info.isolation or "-"),
         ("created", when(info.created_at)),
         ("started", when(info.started_at)),
         ("ended", when(info.ended_at)),

@@ -9,6 +9,7 @@ becomes `errors.Unavailable`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -26,6 +27,8 @@ _READ_BUFFER_LIMIT = 4 * protocol.CHUNK
 _READY_POLL_INTERVAL_S = 0.001
 # Operations with their own methods: `call` would mishandle their extra frames.
 _STREAMING_OPS = frozenset({"exec", "read", "write"})
+# How long closing an unfinished exec waits for the supervisor to confirm the kill.
+_ABANDON_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,10 @@ class ExecSession:
     output only as fast as it is read, and a process blocked on its output stops reading input.
     """
 
-    def __init__(self, connection: _Connection, pid: int, stdin: bool) -> None:
+    def __init__(self, connection: _Connection, pid: int, stdin: bool, socket_path: Path) -> None:
         self.pid = pid
         self._connection = connection
+        self._socket_path = socket_path
         self._stdin = stdin
         self._stdin_closed = False
         self._started_reported = False
@@ -199,6 +203,11 @@ class ExecSession:
         await self._send(protocol.SIGNAL, json.dumps({"signal": signal}).encode())
 
     async def close(self) -> None:
+        if not self._exited:
+            # Say it on a fresh connection too: see the supervisor's op_abandon.
+            with contextlib.suppress(errors.HutchError, TimeoutError):
+                async with asyncio.timeout(_ABANDON_TIMEOUT_S):
+                    await SupervisorClient(self._socket_path).call("abandon", pid=self.pid)
         await self._connection.close()
 
     async def __aenter__(self) -> Self:
@@ -266,7 +275,9 @@ class SupervisorClient:
         except BaseException:
             await connection.close()
             raise
-        return ExecSession(connection, int(started["pid"]), stdin=bool(request.get("stdin")))
+        return ExecSession(
+            connection, int(started["pid"]), stdin=bool(request.get("stdin")), socket_path=self.socket_path
+        )
 
     async def read_file(self, path: str) -> tuple[dict[str, Any], AsyncGenerator[bytes, None]]:
         """The file's info and its content in chunks; the caller consumes the chunks or closes them

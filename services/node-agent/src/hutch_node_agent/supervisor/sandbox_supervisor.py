@@ -855,11 +855,24 @@ class ExecRelay:
 
 
 class Supervisor:
-    """What every operation needs: the default user and the reaper."""
+    """What every operation needs: the default user, the reaper, the processes exec calls run."""
 
     def __init__(self, default_user: str, reaper: Reaper) -> None:
         self.default_user = default_user
         self.reaper = reaper
+        self._running: set[int] = set()
+        self._running_lock = threading.Lock()
+
+    def track(self, pid: int, running: bool) -> None:
+        with self._running_lock:
+            if running:
+                self._running.add(pid)
+            else:
+                self._running.discard(pid)
+
+    def is_running(self, pid: int) -> bool:
+        with self._running_lock:
+            return pid in self._running
 
     def path(self, request: dict[str, object], name: str = "path") -> str:
         """The request's `name` argument as an absolute path; relative paths start at the default
@@ -877,6 +890,7 @@ def op_ping(conn: socket.socket, request: dict[str, object], sup: Supervisor) ->
 def op_exec(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
     spec = parse_exec_request(request, sup.default_user)
     child = start_process(spec, sup.reaper)
+    sup.track(child.pid, running=True)
     try:
         send_json(conn, protocol.STARTED, {"pid": child.pid})
         report = ExecRelay(conn, child, spec.timeout_s).run()
@@ -886,8 +900,23 @@ def op_exec(conn: socket.socket, request: dict[str, object], sup: Supervisor) ->
         child.notice.wait()
         raise
     finally:
+        sup.track(child.pid, running=False)
         child.close()
     send_json(conn, protocol.EXIT, report)
+
+
+def op_abandon(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    """Kills a process that an exec call started, on behalf of a caller that gives up on that call.
+
+    Closing the exec connection says the same, but a relay blocked on a process that does not read
+    its stdin may not notice a closed connection on every platform (gVisor does not report
+    POLLRDHUP), so the node-agent also says it on a connection of its own.
+    """
+    pid = int_arg(request, "pid", 0, minimum=1)
+    running = sup.is_running(pid)
+    if running:
+        kill_process(pid)
+    send_json(conn, protocol.RESULT, {"killed": running})
 
 
 def open_for_reading(path: str) -> tuple[int, os.stat_result]:
@@ -1139,6 +1168,7 @@ def op_mkdir(conn: socket.socket, request: dict[str, object], sup: Supervisor) -
 OPERATIONS: dict[str, Callable[[socket.socket, dict[str, object], Supervisor], None]] = {
     "ping": op_ping,
     "exec": op_exec,
+    "abandon": op_abandon,
     "read": op_read,
     "write": op_write,
     "list": op_list,

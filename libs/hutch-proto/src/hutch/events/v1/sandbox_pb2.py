@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hutch.v1 import sandbox_pb2 as hutch_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhutch/events/v1/sandbox.proto\x12\x0fhutch.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutch/v1/sandbox.proto\"\xf7\x02\n\x0bSandboxSpec\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.hutch.v1.Resources\x12\x34\n\x04\x65nvs\x18\x06 \x03(\x0b\x32&.hutch.events.v1.SandboxSpec.EnvsEntry\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.hutch.events.v1.SandboxSpec.MetadataEntry\x12\x17\n\x0ftimeout_seconds\x18\x08 \x01(\r\x12\x0e\n\x06region\x18\t \x01(\t\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x10SandboxRequested\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"4\n\rSandboxPlaced\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"e\n\x0eSandboxStarted\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\rSandboxFailed\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"u\n\x0eSandboxStopped\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nstopped_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x14SandboxKillRequested\x12\x12\n\nsandbox_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhutch/events/v1/sandbox.proto\x12\x0fhutch.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutch/v1/sandbox.proto\"\x8a\x03\n\x0bSandboxSpec\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.hutch.v1.Resources\x12\x34\n\x04\x65nvs\x18\x06 \x03(\x0b\x32&.hutch.events.v1.SandboxSpec.EnvsEntry\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.hutch.events.v1.SandboxSpec.MetadataEntry\x12\x17\n\x0ftimeout_seconds\x18\x08 \x01(\r\x12\x0e\n\x06region\x18\t \x01(\t\x12\x11\n\tisolation\x18\n \x01(\t\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x10SandboxRequested\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"4\n\rSandboxPlaced\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"e\n\x0eSandboxStarted\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\rSandboxFailed\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"u\n\x0eSandboxStopped\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nstopped_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x14SandboxKillRequested\x12\x12\n\nsandbox_id\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOXSPEC_METADATAENTRY']._loaded_options = None
   _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SANDBOXSPEC']._serialized_start=108
-  _globals['_SANDBOXSPEC']._serialized_end=483
-  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_start=391
-  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_end=434
-  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_start=436
-  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_end=483
-  _globals['_SANDBOXREQUESTED']._serialized_start=485
-  _globals['_SANDBOXREQUESTED']._serialized_end=547
-  _globals['_SANDBOXPLACED']._serialized_start=549
-  _globals['_SANDBOXPLACED']._serialized_end=601
-  _globals['_SANDBOXSTARTED']._serialized_start=603
-  _globals['_SANDBOXSTARTED']._serialized_end=704
-  _globals['_SANDBOXFAILED']._serialized_start=706
-  _globals['_SANDBOXFAILED']._serialized_end=789
-  _globals['_SANDBOXSTOPPED']._serialized_start=791
-  _globals['_SANDBOXSTOPPED']._serialized_end=908
-  _globals['_SANDBOXKILLREQUESTED']._serialized_start=910
-  _globals['_SANDBOXKILLREQUESTED']._serialized_end=952
+  _globals['_SANDBOXSPEC']._serialized_end=502
+  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_start=410
+  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_end=453
+  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_start=455
+  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_end=502
+  _globals['_SANDBOXREQUESTED']._serialized_start=504
+  _globals['_SANDBOXREQUESTED']._serialized_end=566
+  _globals['_SANDBOXPLACED']._serialized_start=568
+  _globals['_SANDBOXPLACED']._serialized_end=620
+  _globals['_SANDBOXSTARTED']._serialized_start=622
+  _globals['_SANDBOXSTARTED']._serialized_end=723
+  _globals['_SANDBOXFAILED']._serialized_start=725
+  _globals['_SANDBOXFAILED']._serialized_end=808
+  _globals['_SANDBOXSTOPPED']._serialized_start=810
+  _globals['_SANDBOXSTOPPED']._serialized_end=927
+  _globals['_SANDBOXKILLREQUESTED']._serialized_start=929
+  _globals['_SANDBOXKILLREQUESTED']._serialized_end=971
 # @@protoc_insertion_point(module_scope)

@@ -79,12 +79,15 @@ class SandboxSpec(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
     template: _builtins.str
     timeout_seconds: _builtins.int
     region: _builtins.str
+    isolation: _builtins.str
+    """The isolation class chosen at create: "container" or "gvisor"."""
     @_builtins.property
     def resources(self) -> _sandbox_pb2.Resources: ...
     @_builtins.property
@@ -103,10 +106,11 @@ class SandboxSpec(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.int = ...,
         region: _builtins.str = ...,
+        isolation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "metadata", b"metadata", "name", b"name", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   crun            # the container isolation class
   mmdebstrap      # builds the base template from the host's own apt sources
+  btrfs-progs     # formats the volume that holds sandboxes' disk quotas
   iproute2 nftables
   busybox-static  # test images without Python
   zstd tmux git ca-certificates python3 python3-venv

@@ -12,18 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import node_options, require_node_tools
 
 from hutch.core import errors
-from hutch.testing.templates import BUSYBOX, make_busybox_template
+from hutch.testing.templates import make_busybox_template
 from hutch_node_agent import host
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest
 from hutch_node_agent.layout import NodeLayout
-from hutch_node_agent.runtime import node_runtimes
+from hutch_node_agent.node import Node, assemble
 from hutch_node_agent.sandboxes import SandboxManager
 from hutch_node_agent.settings import NodeOptions
-from hutch_node_agent.supervisor.bundle import build_runtime
 from hutch_node_agent.supervisor.client import Exited, Output
-from hutch_node_agent.templates import TemplateStore
 
 pytestmark = pytest.mark.integration
 
@@ -31,58 +30,42 @@ CGROUP = Path("/sys/fs/cgroup")
 
 
 @dataclass
-class Node:
+class NodeUnderTest:
     options: NodeOptions
-    layout: NodeLayout
     isolation: str
+    nodes: list[Node] = field(default_factory=list)
     stopped: list[tuple[str, str]] = field(default_factory=list)
-    managers: list[SandboxManager] = field(default_factory=list)
 
-    def manager(self) -> SandboxManager:
-        """A SandboxManager over this node's folders; a second one plays a restarted node-agent."""
+    @property
+    def layout(self) -> NodeLayout:
+        return self.nodes[0].layout
+
+    async def manager(self) -> SandboxManager:
+        """A freshly assembled node over the same folders; a second one plays a restarted node-agent."""
 
         async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
             self.stopped.append((sandbox.id, reason))
 
-        manager = SandboxManager(
-            self.options,
-            self.layout,
-            node_runtimes(self.layout.root),
-            TemplateStore(self.options.templates_dir),
-            build_runtime(self.layout.runtime_cache),
-            on_stopped,
-        )
-        self.managers.append(manager)
-        return manager
+        node = await assemble(self.options, on_stopped)
+        self.nodes.append(node)
+        return node.manager
 
 
 @pytest.fixture(params=["container", "gvisor"])
-async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Node]:
-    if os.geteuid() != 0 or shutil.which("crun") is None or not BUSYBOX.exists():
-        pytest.skip("needs root, crun and busybox-static")
+async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NodeUnderTest]:
+    require_node_tools()
     host.release_hybrid_cgroup_controllers()
-    make_busybox_template(tmp_path / "templates" / "busybox")
-    options = NodeOptions(
-        id="n-test",
-        root_dir=tmp_path / "root",
-        templates_dir=tmp_path / "templates",
-        cpu_millis=4000,
-        memory_mb=2048,
-        cgroup_parent=f"hutch-test-{uuid.uuid4().hex[:8]}",
-    )
-    layout = NodeLayout(options.root_dir)
-    layout.create()
-    state = Node(options, layout, request.param)
+    options = node_options(tmp_path, cpu_millis=4000, memory_mb=2048)
+    state = NodeUnderTest(options, request.param)
     yield state
-    cleanup = state.manager()
-    await cleanup.recover()
-    for sandbox in cleanup.all():
-        await cleanup.kill(sandbox.id, "killed")
-    for manager in state.managers:
-        await manager.close()
+    last = await state.manager()
+    await last.recover()
+    await state.nodes[-1].dismantle()
+    for earlier in state.nodes[:-1]:
+        await earlier.close()
 
 
-def request(node: Node, **overrides: object) -> SandboxRequest:
+def request(node: NodeUnderTest, **overrides: object) -> SandboxRequest:
     values: dict[str, object] = {
         "isolation": node.isolation,
         "sandbox_id": f"sb-{uuid.uuid4().hex[:20]}",
@@ -115,8 +98,8 @@ async def eventually(check: object, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_limits_from_the_request_land_in_the_cgroup(node: Node) -> None:
-    manager = node.manager()
+async def test_limits_from_the_request_land_in_the_cgroup(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     sandbox = await manager.create(request(node, cpu_millis=500, memory_mb=128))
     cgroup = f"{node.options.cgroup_parent}/{sandbox.id}"
     assert int((CGROUP / "memory" / cgroup / "memory.limit_in_bytes").read_text()) == 128 * 1024 * 1024
@@ -130,8 +113,8 @@ async def test_limits_from_the_request_land_in_the_cgroup(node: Node) -> None:
     assert f"127.0.1.1\t{sandbox.id}" in out
 
 
-async def test_a_memory_hog_is_killed_inside_its_own_cgroup(node: Node) -> None:
-    manager = node.manager()
+async def test_a_memory_hog_is_killed_inside_its_own_cgroup(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     bystander = await manager.create(request(node))
     sandbox = await manager.create(request(node, memory_mb=64))
     hog = "x=a; while true; do x=$x$x; done"  # busybox has no allocator: grow a shell variable
@@ -151,8 +134,8 @@ async def test_a_memory_hog_is_killed_inside_its_own_cgroup(node: Node) -> None:
     assert await run(manager, bystander.id, "echo unaffected") == ("unaffected\n", 0)
 
 
-async def test_a_second_create_of_a_running_sandbox_changes_nothing(node: Node) -> None:
-    manager = node.manager()
+async def test_a_second_create_of_a_running_sandbox_changes_nothing(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     wanted = request(node)
     first = await manager.create(wanted)
     second = await manager.create(wanted)
@@ -160,8 +143,8 @@ async def test_a_second_create_of_a_running_sandbox_changes_nothing(node: Node) 
     assert manager.allocated() == (wanted.cpu_millis, wanted.memory_mb)
 
 
-async def test_kill_frees_everything_and_reports_once(node: Node) -> None:
-    manager = node.manager()
+async def test_kill_frees_everything_and_reports_once(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     sandbox = await manager.create(request(node))
     paths = node.layout.sandbox(sandbox.id)
     assert await manager.kill(sandbox.id, "killed") is True
@@ -173,22 +156,22 @@ async def test_kill_frees_everything_and_reports_once(node: Node) -> None:
         manager.running(sandbox.id)
 
 
-async def test_a_sandbox_whose_init_dies_is_reported_exited(node: Node) -> None:
-    manager = node.manager()
+async def test_a_sandbox_whose_init_dies_is_reported_exited(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     sandbox = await manager.create(request(node))
     os.kill(sandbox.init_pid, signal.SIGKILL)
     await eventually(lambda: node.stopped == [(sandbox.id, "exited")])
     assert not node.layout.sandbox(sandbox.id).dir.exists()
 
 
-async def test_a_timeout_stops_the_sandbox(node: Node) -> None:
-    manager = node.manager()
+async def test_a_timeout_stops_the_sandbox(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     sandbox = await manager.create(request(node, timeout_seconds=1))
     await eventually(lambda: node.stopped == [(sandbox.id, "timeout")], timeout=10)
 
 
-async def test_a_restarted_node_agent_finds_running_sandboxes_and_reports_ended_ones(node: Node) -> None:
-    first = node.manager()
+async def test_a_restarted_node_agent_finds_running_sandboxes_and_reports_ended_ones(node: NodeUnderTest) -> None:
+    first = await node.manager()
     survivor = await first.create(request(node))
     casualty = await first.create(request(node))
     await run(first, survivor.id, "echo kept > /root/state")
@@ -196,7 +179,7 @@ async def test_a_restarted_node_agent_finds_running_sandboxes_and_reports_ended_
     os.kill(casualty.init_pid, signal.SIGKILL)
     await asyncio.sleep(0.3)
 
-    second = node.manager()
+    second = await node.manager()
     ended = await second.recover()
 
     assert [s.id for s in ended] == [casualty.id]
@@ -205,8 +188,8 @@ async def test_a_restarted_node_agent_finds_running_sandboxes_and_reports_ended_
     assert (out, code) == ("kept\n", 0)
 
 
-async def test_capacity_and_templates_are_checked(node: Node) -> None:
-    manager = node.manager()
+async def test_capacity_and_templates_are_checked(node: NodeUnderTest) -> None:
+    manager = await node.manager()
     with pytest.raises(errors.ResourceExhausted, match="MB free"):
         await manager.create(request(node, memory_mb=4096))
     with pytest.raises(errors.NotFound, match="template 'nope'"):
@@ -217,7 +200,7 @@ async def test_capacity_and_templates_are_checked(node: Node) -> None:
 
 
 async def test_a_template_with_a_planted_etc_link_cannot_make_the_node_write_on_the_host(
-    node: Node, tmp_path: Path
+    node: NodeUnderTest, tmp_path: Path
 ) -> None:
     target = tmp_path / "host-etc"
     target.mkdir()
@@ -226,7 +209,7 @@ async def test_a_template_with_a_planted_etc_link_cannot_make_the_node_write_on_
     shutil.rmtree(hostile / "etc")
     (hostile / "etc").symlink_to(target)
 
-    manager = node.manager()
+    manager = await node.manager()
     with pytest.raises(errors.InvalidArgument, match="cannot hold"):
         await manager.create(request(node, template="hostile"))
     assert (target / "hosts").read_text() == "host file\n"

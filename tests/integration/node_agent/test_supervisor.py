@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import time
@@ -21,19 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import node_options, running_node
 
 from hutch.core import errors
-from hutch.testing.templates import BUSYBOX, make_busybox_template
-from hutch_node_agent import host
-from hutch_node_agent.domain import LocalSandbox, SandboxRequest
-from hutch_node_agent.layout import NodeLayout
-from hutch_node_agent.runtime import node_runtimes
-from hutch_node_agent.sandboxes import SandboxManager
-from hutch_node_agent.settings import NodeOptions
+from hutch_node_agent.domain import SandboxRequest
 from hutch_node_agent.supervisor import protocol
 from hutch_node_agent.supervisor.bundle import SupervisorRuntime, build_runtime
 from hutch_node_agent.supervisor.client import ExecEvent, Exited, Output, Started, SupervisorClient
-from hutch_node_agent.templates import TemplateStore
 
 pytestmark = pytest.mark.integration
 
@@ -45,51 +38,28 @@ class Sandbox:
     rootfs: Path
 
 
-def require_crun() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("running containers needs root")
-    if shutil.which("crun") is None or not BUSYBOX.exists():
-        pytest.skip("needs crun and busybox-static")
-
-
 @pytest.fixture(scope="module", params=["container", "gvisor"])
 async def sandbox(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
-    """A sandbox from a busybox-only template, started by the node-agent's own SandboxManager, once
-    per isolation class: everything the supervisor offers must behave the same under both."""
-    require_crun()
-    isolation: str = request.param
-    host.release_hybrid_cgroup_controllers()
-    base = tmp_path_factory.mktemp("node")
-    make_busybox_template(base / "templates" / "busybox")
-    options = NodeOptions(id="supervisor-test", root_dir=base / "root", templates_dir=base / "templates")
-    layout = NodeLayout(options.root_dir)
-    layout.create()
-
-    async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
-        return None
-
-    manager = SandboxManager(
-        options,
-        layout,
-        node_runtimes(layout.root),
-        TemplateStore(options.templates_dir),
-        build_runtime(layout.runtime_cache),
-        on_stopped,
-    )
-    sandbox_id = f"sb-{uuid.uuid4().hex[:20]}"
-    wanted = SandboxRequest(
-        sandbox_id=sandbox_id, tenant_id="t", template="busybox", cpu_millis=1000, memory_mb=256, isolation=isolation
-    )
-    try:
-        await manager.create(wanted)
-    except errors.HutchError:
-        log = layout.sandbox(sandbox_id).log
-        pytest.fail(f"the sandbox did not start; supervisor output:\n{log.read_text(errors='replace')}")
-    paths = layout.sandbox(sandbox_id)
-    try:
-        yield Sandbox(manager.supervisor(sandbox_id), paths.socket, paths.rootfs)
-    finally:
-        await manager.kill(sandbox_id, "killed")
+    """A sandbox from a busybox-only template, started by a real node's SandboxManager, once per
+    isolation class: everything the supervisor offers must behave the same under both."""
+    options = node_options(tmp_path_factory.mktemp("node"))
+    async with running_node(options) as node:
+        sandbox_id = f"sb-{uuid.uuid4().hex[:20]}"
+        wanted = SandboxRequest(
+            sandbox_id=sandbox_id,
+            tenant_id="t",
+            template="busybox",
+            cpu_millis=1000,
+            memory_mb=256,
+            isolation=request.param,
+        )
+        try:
+            await node.manager.create(wanted)
+        except errors.HutchError:
+            log = node.layout.sandbox(sandbox_id).log
+            pytest.fail(f"the sandbox did not start; supervisor output:\n{log.read_text(errors='replace')}")
+        paths = node.layout.sandbox(sandbox_id)
+        yield Sandbox(node.manager.supervisor(sandbox_id), paths.socket, paths.rootfs)
 
 
 # Helpers -------------------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""Wiring and lifecycle of the node-agent: the one place that knows every dependency."""
+"""Wiring and lifecycle of the node-agent process."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from hutch.core import telemetry
@@ -12,17 +11,13 @@ from hutch.core.events import node_command_subject
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.internal.v1 import node_agent_pb2_grpc
-from hutch_node_agent import host, templates
 from hutch_node_agent.domain import LocalSandbox
 from hutch_node_agent.events_out import NodeEvents
 from hutch_node_agent.grpc_api import NodeAgentServicer
 from hutch_node_agent.handlers import CommandHandler
 from hutch_node_agent.heartbeat import Heartbeat
-from hutch_node_agent.layout import NodeLayout
-from hutch_node_agent.runtime import node_runtimes
-from hutch_node_agent.sandboxes import SandboxManager
+from hutch_node_agent.node import assemble
 from hutch_node_agent.settings import NodeAgentSettings
-from hutch_node_agent.supervisor.bundle import build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +25,18 @@ log = logging.getLogger(__name__)
 async def run(settings: NodeAgentSettings) -> None:
     options = settings.node
     shutdown = shutdown_on_signals()
-    host.check_host()
-    layout = NodeLayout(options.root_dir)
-    layout.create()
-    store = templates.TemplateStore(options.templates_dir)
-    if templates.BASE not in store.names() and options.build_base_template:
-        await asyncio.to_thread(templates.build_base, options.templates_dir)
-    supervisor_runtime = await asyncio.to_thread(build_runtime, layout.runtime_cache)
-    runtimes = node_runtimes(layout.root)
-
     with telemetry.tracing(settings.telemetry, "node-agent", settings.region):
         async with Bus.connect(settings.nats, settings.region, f"node-agent-{options.id}") as bus:
             node_events = NodeEvents(bus, options.id)
+            # Set by whatever changes what the node holds, so the next heartbeat goes out at once.
             changed = asyncio.Event()
 
             async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
                 await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
                 changed.set()
 
-            manager = SandboxManager(options, layout, runtimes, store, supervisor_runtime, on_stopped)
-            for ended in await manager.recover():
+            node = await assemble(options, on_stopped)
+            for ended in await node.manager.recover():
                 await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
 
             token = settings.internal_token.get_secret_value()
@@ -58,7 +45,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 [
                     (
                         node_agent_pb2_grpc.add_NodeAgentServicer_to_server,
-                        NodeAgentServicer(manager, options),
+                        NodeAgentServicer(node.manager, options),
                         "hutch.internal.v1.NodeAgent",
                     )
                 ],
@@ -70,9 +57,9 @@ async def run(settings: NodeAgentSettings) -> None:
                 options,
                 settings.region,
                 address,
-                manager,
-                store,
-                sorted(runtimes),
+                node.manager,
+                node.templates,
+                sorted(node.runtimes),
                 changed,
             )
             commands = ConsumerSpec(
@@ -81,16 +68,10 @@ async def run(settings: NodeAgentSettings) -> None:
                 filter_subjects=(node_command_subject(settings.region, options.id),),
                 max_in_flight=16,
             )
-            handler = CommandHandler(manager, node_events, changed)
-
+            handler = CommandHandler(node.manager, node_events, changed)
             log.info("node-agent %s serving on %s (region %s)", options.id, address, settings.region)
             try:
-                await supervise(
-                    shutdown,
-                    heartbeat.run(shutdown),
-                    bus.consume(commands, handler, shutdown),
-                )
+                await supervise(shutdown, heartbeat.run(shutdown), bus.consume(commands, handler, shutdown))
             finally:
                 await server.stop()
-                with contextlib.suppress(Exception):
-                    await manager.close()
+                await node.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -43,6 +44,23 @@ def release_hybrid_cgroup_controllers(cgroup_root: Path = CGROUP_ROOT) -> list[s
         moved.append(controller)
         log.info("mounted the %s cgroup controller as v1 so crun can run on this hybrid host", controller)
     return moved
+
+
+def allow_traversal(path: Path) -> list[Path]:
+    """Adds search permission for others (o+x, never read) to every folder above `path`.
+
+    A sandbox's root is an unprivileged host uid (its user namespace), and the runtime works on the
+    sandbox's folders as that uid: every folder on the way must be passable, which a root-only
+    home such as /root is not. Returns the folders changed.
+    """
+    changed = []
+    for folder in reversed(path.absolute().parents):
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            changed.append(folder)
+            log.info("allowed others to pass through %s (search permission only)", folder)
+    return changed
 
 
 def check_host() -> None:

@@ -22,6 +22,7 @@ from hutch_node_agent.supervisor.protocol import SOCKET_NAME
 @dataclass(frozen=True)
 class SandboxPaths:
     dir: Path
+    layer: Path
 
     @property
     def record(self) -> Path:
@@ -33,11 +34,11 @@ class SandboxPaths:
 
     @property
     def upper(self) -> Path:
-        return self.dir / "upper"
+        return self.layer / "upper"
 
     @property
     def work(self) -> Path:
-        return self.dir / "work"
+        return self.layer / "work"
 
     @property
     def rootfs(self) -> Path:
@@ -59,6 +60,12 @@ class SandboxPaths:
 @dataclass(frozen=True)
 class NodeLayout:
     root: Path
+    # Where writable layers live: the quota volume's folder, or <root>/layers without quotas.
+    layers_root: Path | None = None
+
+    @property
+    def layers(self) -> Path:
+        return self.layers_root or self.root / "layers"
 
     @property
     def sandboxes(self) -> Path:
@@ -72,8 +79,8 @@ class NodeLayout:
         return self.root / "runtimes" / isolation_class
 
     def sandbox(self, sandbox_id: str) -> SandboxPaths:
-        return SandboxPaths(self.sandboxes / sandbox_id)
+        return SandboxPaths(self.sandboxes / sandbox_id, self.layers / sandbox_id)
 
     def create(self) -> None:
-        for folder in (self.sandboxes, self.runtime_cache, self.root / "runtimes"):
+        for folder in (self.sandboxes, self.layers, self.runtime_cache, self.root / "runtimes"):
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,14 @@
 """The OCI runtime configuration (config.json) of a sandbox. Pure: no I/O.
 
 What every sandbox gets: its own PID, mount, IPC, UTS, cgroup and network namespaces (the network
-namespace has only loopback until a network is attached), cgroup limits on CPU, memory and PIDs, an
-open-files limit, no-new-privileges, a reduced capability set, masked and read-only kernel paths,
-and two private mounts: the supervisor's runtime (read-only) and the folder holding its socket.
+namespace has only loopback until a network is attached), a user namespace that maps its root to an
+unprivileged host uid, cgroup limits on CPU, memory and PIDs, an open-files limit,
+no-new-privileges, a reduced capability set, and two private mounts: the supervisor's runtime
+(read-only) and the folder holding its socket.
+
+The container class also gets a seccomp filter and masked, read-only kernel paths. The gVisor class
+does not need them: its processes never reach the host kernel's system calls or /proc and /sys,
+which gVisor implements itself (and host paths masked into its synthetic /proc confuse it).
 """
 
 from __future__ import annotations
@@ -47,6 +52,29 @@ READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 
 CPU_PERIOD_US = 100_000
 
+# System calls a container sandbox may not make (EPERM), on top of what the missing capabilities
+# already refuse: kernel modules and kexec, mounting and namespaces (no nested containers),
+# keyrings, BPF, perf, userfaultfd and io_uring (frequent kernel attack surface), clock and swap
+# changes, reboot, accounting, handle-based opens that bypass path checks.
+DENIED_SYSCALLS = [
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
+    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "init_module",
+    "io_uring_enter", "io_uring_register", "io_uring_setup", "ioperm", "iopl", "kcmp",
+    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount", "mount_setattr",
+    "move_mount", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
+    "perf_event_open", "pivot_root", "query_module", "quotactl", "quotactl_fd", "reboot",
+    "request_key", "setns", "settimeofday", "stime", "swapoff", "swapon", "syslog", "_sysctl",
+    "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+]  # fmt: skip
+EPERM = 1
+
+SECCOMP_PROFILE: dict[str, Any] = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}],
+}
+USERNS_SIZE = 65536
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -62,6 +90,33 @@ class ContainerSpec:
     pids_limit: int
     open_files_limit: int
     cgroup_path: str
+    # A network namespace prepared by network.SandboxNetworks; None gives the sandbox a fresh one
+    # with only loopback.
+    netns_path: str | None = None
+    # "container" (crun) or "gvisor" (runsc).
+    isolation: str = "container"
+    # Host uid (and gid) of the sandbox's root; 0 runs without a user namespace.
+    uid_shift: int = 0
+
+
+def _namespaces(spec: ContainerSpec) -> list[dict[str, str]]:
+    # With a path the runtime joins that network namespace instead of creating one.
+    network = {"type": "network"} if spec.netns_path is None else {"type": "network", "path": spec.netns_path}
+    kinds = ["pid", "network", "ipc", "uts", "mount", "cgroup"] + (["user"] if spec.uid_shift else [])
+    return [network if t == "network" else {"type": t} for t in kinds]
+
+
+def _hardening(spec: ContainerSpec) -> dict[str, Any]:
+    linux: dict[str, Any] = {}
+    if spec.uid_shift:
+        mapping = [{"containerID": 0, "hostID": spec.uid_shift, "size": USERNS_SIZE}]
+        linux["uidMappings"] = mapping
+        linux["gidMappings"] = mapping
+    if spec.isolation == "container":
+        linux["seccomp"] = SECCOMP_PROFILE
+        linux["maskedPaths"] = MASKED_PATHS
+        linux["readonlyPaths"] = READONLY_PATHS
+    return linux
 
 
 def container_config(spec: ContainerSpec) -> dict[str, Any]:
@@ -130,8 +185,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
                 "cpu": {"quota": spec.cpu_millis * CPU_PERIOD_US // 1000, "period": CPU_PERIOD_US},
                 "pids": {"limit": spec.pids_limit},
             },
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")],
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            "namespaces": _namespaces(spec),
+            **_hardening(spec),
         },
     }

@@ -21,7 +21,9 @@ from hutch.core import errors, telemetry
 from hutch_node_agent import oci, rootfs
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest, check_sandbox_id
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
-from hutch_node_agent.runtime import OciRuntime
+from hutch_node_agent.network import SandboxNetworks
+from hutch_node_agent.quota import DiskQuotas
+from hutch_node_agent.runtime import CONTAINER, OciRuntime
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor.bundle import SupervisorRuntime
 from hutch_node_agent.supervisor.client import SupervisorClient
@@ -44,8 +46,12 @@ class SandboxManager:
         templates: TemplateStore,
         supervisor: SupervisorRuntime,
         on_stopped: StoppedCallback,
+        networks: SandboxNetworks | None = None,
+        quotas: DiskQuotas | None = None,
     ) -> None:
         self._options = options
+        self._networks = networks
+        self._quotas = quotas
         self._layout = layout
         self._runtimes = runtimes
         self._templates = templates
@@ -92,6 +98,10 @@ class SandboxManager:
             self._check_capacity(request)
             self._runtime_for(request.isolation)
             template = self._templates.get(request.template)
+            if template.uid_shift != self._options.userns_shift:
+                template = await asyncio.to_thread(
+                    self._templates.ensure_shift, request.template, self._options.userns_shift
+                )
             env = dict(item.split("=", 1) for item in template.env if "=" in item)
             env.update(request.envs)
             sandbox = LocalSandbox(
@@ -130,13 +140,20 @@ class SandboxManager:
             )
 
     async def _start(self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: Path) -> None:
-        if paths.dir.exists():  # leftovers of an attempt that died half-way
+        if paths.dir.exists() or paths.layer.exists():  # leftovers of an attempt that died half-way
             await self._teardown(sandbox.id, paths, sandbox.request.isolation)
+        owner = self._options.userns_shift  # the host uid of the sandbox's root
         paths.dir.mkdir(parents=True)
         paths.run.mkdir(mode=0o700)
+        os.chown(paths.run, owner, owner)
+        await self._make_layer(paths)
+        network = None
+        if self._networks is not None and sandbox.request.isolation == CONTAINER:
+            with _tracer.start_as_current_span("network"):
+                network = await self._networks.create(sandbox.id)
         with _tracer.start_as_current_span("mount rootfs"):
             rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)
-            _write_identity_files(paths, sandbox.id)
+            _write_identity_files(paths, sandbox.id, owner)
         spec = oci.ContainerSpec(
             sandbox_id=sandbox.id,
             rootfs=str(paths.rootfs),
@@ -150,6 +167,9 @@ class SandboxManager:
             pids_limit=self._options.pids_limit,
             open_files_limit=self._options.open_files_limit,
             cgroup_path=f"/{self._options.cgroup_parent}/{sandbox.id}",
+            netns_path=network.netns_path if network is not None else None,
+            isolation=sandbox.request.isolation,
+            uid_shift=owner,
         )
         paths.config.write_text(json.dumps(oci.container_config(spec)))
         self._save(sandbox, paths)
@@ -196,7 +216,27 @@ class SandboxManager:
             await runtime.kill(sandbox_id)
             await runtime.delete(sandbox_id)
         rootfs.unmount(paths.rootfs)
+        if self._networks is not None:
+            await self._networks.destroy(sandbox_id)
+        await self._drop_layer(paths)
         await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+
+    async def _make_layer(self, paths: SandboxPaths) -> None:
+        """The writable layer's folder (a quota-limited subvolume when quotas are on)."""
+        if self._quotas is not None:
+            await self._quotas.apply(paths.layer, self._options.disk_quota_mb * 2**20)
+        else:
+            paths.layer.mkdir(parents=True)
+        owner = self._options.userns_shift
+        paths.upper.mkdir()
+        os.chown(paths.upper, owner, owner)  # the root directory of the sandbox's filesystem
+        paths.work.mkdir()
+
+    async def _drop_layer(self, paths: SandboxPaths) -> None:
+        if self._quotas is not None:
+            await self._quotas.release(paths.layer)
+        else:
+            await asyncio.to_thread(shutil.rmtree, paths.layer, True)
 
     # -- restart recovery ------------------------------------------------------------------
 
@@ -209,7 +249,7 @@ class SandboxManager:
         for runtime in self._runtimes.values():
             states.update(await runtime.list())
         for folder in sorted(self._layout.sandboxes.iterdir()):
-            paths = SandboxPaths(folder)
+            paths = self._layout.sandbox(folder.name)
             try:
                 sandbox = LocalSandbox.from_record(json.loads(paths.record.read_text()))
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -227,6 +267,8 @@ class SandboxManager:
             await self._teardown(sandbox.id, paths, sandbox.request.isolation)
             if sandbox.status == "running":
                 ended.append(sandbox)
+        if self._networks is not None:
+            await self._networks.recover(self._sandboxes)
         return ended
 
     # -- watching for ends -----------------------------------------------------------------
@@ -290,7 +332,7 @@ class SandboxManager:
         tmp.replace(paths.record)
 
 
-def _write_identity_files(paths: SandboxPaths, hostname: str) -> None:
+def _write_identity_files(paths: SandboxPaths, hostname: str, owner: int) -> None:
     """Writes /etc/hostname and /etc/hosts into the sandbox's root from the host side.
 
     The template may be an untrusted image, so nothing here follows a symbolic link: a planted
@@ -310,6 +352,7 @@ def _write_identity_files(paths: SandboxPaths, hostname: str) -> None:
                     os.unlink(name, dir_fd=etc)
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=etc)
                 with os.fdopen(fd, "w") as out:
+                    os.fchown(out.fileno(), owner, owner)
                     out.write(content)
         finally:
             os.close(etc)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hutch.core.config import ServiceSettings
+from hutch_node_agent.oci import USERNS_SIZE
 
 _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -17,6 +19,22 @@ _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 def _default_node_id() -> str:
     name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
     return name[:63] or "node"
+
+
+# Each sandbox takes a /30 of the pool (host end, sandbox end); a /8 is the largest pool the short
+# host-side interface names can number (see network.interface_name).
+SANDBOX_SUBNET_PREFIX = 30
+
+LARGEST_POOL_PREFIX = 8
+
+
+class EgressTarget(BaseModel):
+    """The one address and TCP port a sandbox may open connections to: the egress proxy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: ipaddress.IPv4Address
+    port: int = Field(ge=1, le=65535)
 
 
 class NodeOptions(BaseModel):
@@ -48,6 +66,25 @@ class NodeOptions(BaseModel):
     start_timeout_s: float = Field(default=30.0, gt=0)
     pids_limit: int = Field(default=1024, ge=16)
     open_files_limit: int = Field(default=4096, ge=64)
+    # Most a sandbox may write into its own root filesystem (data and metadata), in MiB; writes past
+    # it fail with EDQUOT inside the sandbox. 0 turns disk quotas off.
+    disk_quota_mb: int = Field(default=10240, ge=0)
+    # Sandbox folders live on a btrfs volume with quotas, mounted at volume_path (default
+    # <root_dir>/volume). Unless that path already lies on btrfs, the volume is a sparse image file
+    # <volume_path>.img of this many GiB: sandboxes together can never use more of the host disk.
+    volume_size_gb: int = Field(default=64, ge=1)
+    volume_path: Path | None = None
+    # IPv4 pool for sandbox networks, one /30 per sandbox. The default is a slice of carrier-grade
+    # NAT space (RFC 6598) that nothing else on a host uses; node-agents sharing a host need
+    # disjoint pools, and the pool must not overlap any network the host routes to.
+    sandbox_network: str = "100.96.0.0/16"
+    # Where a sandbox may connect to (HUTCH_NODE__EGRESS_TARGET__ADDRESS and __PORT); unset means a
+    # sandbox reaches nothing at all.
+    egress_target: EgressTarget | None = None
+    # Sandboxes run in a user namespace: their uids 0..65535 are host uids userns_shift..+65535, so
+    # root in a sandbox is not root on the host. Templates are stored with their owners shifted to
+    # match. 0 turns the mapping off (not recommended).
+    userns_shift: int = Field(default=100_000, ge=0, le=2**32 - USERNS_SIZE - 1)
 
     @field_validator("id")
     @classmethod
@@ -62,6 +99,17 @@ class NodeOptions(BaseModel):
         if not value or value.startswith("/") or ".." in value.split("/"):
             raise ValueError("cgroup_parent must be a relative cgroup path such as 'hutch'")
         return value
+
+    @field_validator("sandbox_network")
+    @classmethod
+    def _sandbox_network_is_a_pool(cls, value: str) -> str:
+        try:
+            pool = ipaddress.IPv4Network(value)
+        except ValueError as exc:
+            raise ValueError(f"sandbox_network must be an IPv4 network such as 100.96.0.0/16 ({exc})") from exc
+        if not LARGEST_POOL_PREFIX <= pool.prefixlen <= SANDBOX_SUBNET_PREFIX:
+            raise ValueError(f"sandbox_network must be between a /{LARGEST_POOL_PREFIX} and a /{SANDBOX_SUBNET_PREFIX}")
+        return str(pool)
 
     def measured_cpu_millis(self) -> int:
         return self.cpu_millis or int((os.cpu_count() or 1) * 1000 * self.cpu_overcommit)

@@ -4,14 +4,20 @@ A template is a folder `<templates_dir>/<name>/` holding `rootfs/` (the extracte
 lowest overlay layer of every sandbox made from it) and `template.json` (its default environment,
 working directory and user). Templates are never written to after they are published: the folder
 is built under a temporary name and renamed into place, so a half-built template is never used.
+
+Files in a template are owned by the host uids the sandboxes' user namespaces map to (`uid_shift`
+in template.json): root's files belong to host uid 100000, say, so that root inside the sandbox
+owns them while nothing in the template belongs to the host's root.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +54,7 @@ class Template:
     env: tuple[str, ...]
     workdir: str
     user: str
+    uid_shift: int = 0
 
 
 class TemplateStore:
@@ -68,12 +75,48 @@ class TemplateStore:
             env=tuple(meta.get("env", [f"PATH={DEFAULT_PATH}"])),
             workdir=meta.get("workdir", "/"),
             user=meta.get("user", "root"),
+            uid_shift=int(meta.get("uid_shift", 0)),
         )
+
+    def ensure_shift(self, name: str, shift: int) -> Template:
+        """Makes the template's owners match the user namespace mapping `shift`, once.
+
+        Shifting rewrites owners in place under an exclusive lock, so node-agents sharing the
+        templates folder never shift twice; a template already at `shift` is left alone.
+        """
+        folder = self.dir / name
+        with open(folder / "template.json", "r+") as meta_file:
+            fcntl.flock(meta_file, fcntl.LOCK_EX)
+            meta = json.load(meta_file)
+            current = int(meta.get("uid_shift", 0))
+            if current != shift:
+                log.info("shifting the owners of template %s from %d to %d", name, current, shift)
+                shift_owners(folder / "rootfs", shift - current)
+                meta["uid_shift"] = shift
+                meta_file.seek(0)
+                meta_file.truncate()
+                json.dump(meta, meta_file, indent=2)
+        return self.get(name)
 
     def names(self) -> list[str]:
         if not self.dir.is_dir():
             return []
         return sorted(p.name for p in self.dir.iterdir() if (p / "template.json").is_file())
+
+
+def shift_owners(root: Path, delta: int) -> None:
+    """Adds `delta` to the uid and gid of every entry under `root`, never following links."""
+
+    def shifted(path: str) -> None:
+        st = os.lstat(path)
+        os.chown(path, st.st_uid + delta, st.st_gid + delta, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(st.st_mode))  # chown clears setuid and setgid bits
+
+    shifted(str(root))
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            shifted(os.path.join(folder, name))
 
 
 def host_suite() -> str:

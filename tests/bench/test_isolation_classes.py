@@ -132,7 +132,7 @@ def test_idle_memory_and_capacity_per_class(connection: dict[str, str], local_st
         try:
             with ThreadPoolExecutor(4) as pool:
                 while True:
-                    batch = list(pool.map(lambda _: _try_create(connection, isolation), range(8)))
+                    batch = list(pool.map(_try_create, [connection] * 8, [isolation] * 8))
                     held += [s for s in batch if s is not None]
                     if any(s is None for s in batch):
                         break

@@ -31,8 +31,12 @@ from hutch.exceptions import (
 from hutch.files import AsyncFiles, Files, ReadFormat
 from hutch.models import CommandResult, EntryInfo, FileType, SandboxInfo, SandboxState
 from hutch.sandbox import AsyncSandbox, Sandbox
+from hutch.templates import AsyncTemplate, Template, TemplateInfo
 
 __all__ = [
+    "AsyncTemplate",
+    "Template",
+    "TemplateInfo",
     "AlreadyExistsError",
     "AsyncCommands",
     "AsyncFiles",

@@ -17,7 +17,7 @@ import grpc.aio
 
 from hutch._config import ConnectionConfig
 from hutch.exceptions import error_for_status
-from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc
+from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc, templates_pb2_grpc
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from hutch.v1.files_pb2_grpc import FilesAsyncStub
     from hutch.v1.process_pb2_grpc import ProcessesAsyncStub
     from hutch.v1.sandbox_pb2_grpc import SandboxesAsyncStub
+    from hutch.v1.templates_pb2_grpc import TemplatesAsyncStub
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -47,6 +48,7 @@ class _Stubs:
         self.sandboxes: SandboxesAsyncStub = sandbox_pb2_grpc.SandboxesStub(channel)
         self.processes: ProcessesAsyncStub = process_pb2_grpc.ProcessesStub(channel)
         self.files: FilesAsyncStub = files_pb2_grpc.FilesStub(channel)
+        self.templates: TemplatesAsyncStub = templates_pb2_grpc.TemplatesStub(channel)
 
 
 class Connection:
@@ -89,6 +91,11 @@ class Connection:
     def files(self) -> FilesAsyncStub:
         """The Files service; opens the channel if needed (call from inside the event loop)."""
         return self._open().files
+
+    @property
+    def templates(self) -> TemplatesAsyncStub:
+        """The Templates service; opens the channel if needed (call from inside the event loop)."""
+        return self._open().templates
 
     @contextlib.contextmanager
     def translated(self, doing: str) -> Iterator[None]:

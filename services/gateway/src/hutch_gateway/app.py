@@ -9,16 +9,17 @@ from hutch.core.bus import Bus, ConsumerSpec, nodes_bucket, sandbox_stream
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.core.nodes import NodeDirectory
-from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc
+from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc, templates_pb2_grpc
 from hutch_gateway import store, tenants
 from hutch_gateway.auth import Authenticator
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits
-from hutch_gateway.grpc_api import FilesServicer, ProcessesServicer, SandboxesServicer
+from hutch_gateway.grpc_api import FilesServicer, ProcessesServicer, SandboxesServicer, TemplatesServicer
 from hutch_gateway.projection import SandboxProjection
 from hutch_gateway.service import SandboxService
 from hutch_gateway.settings import GatewaySettings
+from hutch_gateway.templates import TemplateService
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ async def run(settings: GatewaySettings) -> None:
             service = SandboxService(pool, relay, feed, nodes, options, region)
             auth = Authenticator(lambda digest: store.tenant_for_key_hash(pool, digest), options.api_key_cache_s)
             limits = Limits(options.max_cpu_millis, options.max_memory_mb)
+            templates = TemplateService(pool, nodes, channels)
 
             server = await serve(
                 settings.grpc,
@@ -63,6 +65,11 @@ async def run(settings: GatewaySettings) -> None:
                         files_pb2_grpc.add_FilesServicer_to_server,
                         FilesServicer(auth, service, channels),
                         "hutch.v1.Files",
+                    ),
+                    (
+                        templates_pb2_grpc.add_TemplatesServicer_to_server,
+                        TemplatesServicer(auth, templates),
+                        "hutch.v1.Templates",
                     ),
                 ],
             )

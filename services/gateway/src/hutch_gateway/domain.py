@@ -132,6 +132,13 @@ def validate_create(
     )
 
 
+def check_template_name(name: str) -> None:
+    if not _TEMPLATE.match(name):
+        raise errors.InvalidArgument(
+            f"template name {name!r} is not valid: 1-63 lowercase letters, digits, '.', '_' and '-'"
+        )
+
+
 def check_name(name: str) -> None:
     if not _NAME.match(name):
         raise errors.InvalidArgument(

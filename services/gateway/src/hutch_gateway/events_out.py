@@ -10,12 +10,12 @@ from hutch.v1 import sandbox_pb2
 from hutch_gateway.domain import CreateRequest, SandboxRecord
 
 
-def requested(record: SandboxRecord, request: CreateRequest) -> Envelope[ev.SandboxRequested]:
+def requested(record: SandboxRecord, request: CreateRequest, template_key: str) -> Envelope[ev.SandboxRequested]:
     spec = ev.SandboxSpec(
         sandbox_id=record.id,
         tenant_id=record.tenant_id,
         name=record.name,
-        template=record.template,
+        template=template_key,
         resources=sandbox_pb2.Resources(cpu_millis=record.cpu_millis, memory_mb=record.memory_mb),
         envs=request.envs,
         metadata=record.metadata,

@@ -19,12 +19,22 @@ from hutch.core.nodes import NodeInfo
 
 if TYPE_CHECKING:
     from hutch.internal.v1.node_agent_pb2_grpc import NodeAgentAsyncStub
-from hutch.v1 import files_pb2, files_pb2_grpc, process_pb2, process_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
+from hutch.v1 import (
+    files_pb2,
+    files_pb2_grpc,
+    process_pb2,
+    process_pb2_grpc,
+    sandbox_pb2,
+    sandbox_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
+)
 from hutch_gateway import convert
 from hutch_gateway.auth import Authenticator, key_from_metadata
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits, validate_create
 from hutch_gateway.service import SandboxService
+from hutch_gateway.templates import TemplateService
 
 R = TypeVar("R", bound=Message)
 
@@ -176,3 +186,42 @@ class FilesServicer(_Proxy, files_pb2_grpc.FilesServicer):
             return await call
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"node {node.node_id}") from exc
+
+
+class TemplatesServicer(_Authenticated, templates_pb2_grpc.TemplatesServicer):
+    def __init__(self, auth: Authenticator, templates: TemplateService) -> None:
+        super().__init__(auth)
+        self._templates = templates
+
+    async def Import(
+        self, request_iterator: AsyncIterator[templates_pb2.ImportTemplateRequest], context: Context
+    ) -> templates_pb2.Template:
+        tenant = await self._tenant(context)
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("event") != "header":
+            raise errors.InvalidArgument("the first message of Import must be `header` with the template's name")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for request in request_iterator:
+                which = request.WhichOneof("event")
+                if which == "end":
+                    return
+                if which != "data":
+                    raise errors.InvalidArgument("after the header, Import takes data messages and then `end`")
+                yield request.data
+            raise errors.InvalidArgument("the upload stopped before its `end` message; nothing was imported")
+
+        return await self._templates.import_archive(tenant, first.header.name, first.header.size, chunks())
+
+    async def List(
+        self, request: templates_pb2.ListTemplatesRequest, context: Context
+    ) -> templates_pb2.ListTemplatesResponse:
+        tenant = await self._tenant(context)
+        return templates_pb2.ListTemplatesResponse(templates=await self._templates.list(tenant))
+
+    async def Delete(
+        self, request: templates_pb2.DeleteTemplateRequest, context: Context
+    ) -> templates_pb2.DeleteTemplateResponse:
+        tenant = await self._tenant(context)
+        await self._templates.delete(tenant, request.name)
+        return templates_pb2.DeleteTemplateResponse()

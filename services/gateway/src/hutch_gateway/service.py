@@ -12,7 +12,7 @@ import asyncpg
 from hutch.core import errors, events, outbox
 from hutch.core.nodes import NodeDirectory, NodeInfo
 from hutch.core.outbox import OutboxRelay
-from hutch_gateway import events_out, store
+from hutch_gateway import events_out, store, templates
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
 from hutch_gateway.isolation import choose_isolation
@@ -44,15 +44,18 @@ class SandboxService:
         feed.on_change(self._routes.forget)
 
     async def create(self, tenant_id: str, request: CreateRequest) -> SandboxRecord:
-        self._check_template(request.template)
         sandbox_id = new_id(SANDBOX_ID_PREFIX)
         async with self._db.acquire() as conn, conn.transaction():
+            template_key = await templates.resolve(conn, tenant_id, request.template)
+            self._check_template(request.template, template_key)
             policy = await store.isolation_policy(conn, tenant_id)
             isolation = choose_isolation(request.isolation, request.trust, policy)
             self._check_isolation(isolation)
             record = await store.insert_sandbox(conn, sandbox_id, tenant_id, request, self._region, isolation)
             await outbox.stage(
-                conn, events.SANDBOX_REQUESTED.subject(self._region), events_out.requested(record, request)
+                conn,
+                events.SANDBOX_REQUESTED.subject(self._region),
+                events_out.requested(record, request, template_key),
             )
         self._relay.kick()
         record = await self._feed.wait_until(
@@ -66,12 +69,18 @@ class SandboxService:
             raise record.error()
         return record
 
-    def _check_template(self, template: str) -> None:
+    def _check_template(self, template: str, key: str) -> None:
+        if key != template:
+            return  # the tenant's own template, which the database vouches for
         # Nodes report their templates; an unknown one is refused here, at once. With no node alive
         # the scheduler gives the answer (no capacity), so the request is not refused for the wrong reason.
         known = set().union(*(n.templates for n in self._nodes.alive()))
-        if known and template not in known:
-            raise errors.NotFound(f"template {template!r} does not exist; available: {', '.join(sorted(known))}")
+        if known and key not in known:
+            builtin = sorted(k for k in known if "/" not in k)
+            raise errors.NotFound(
+                f"template {template!r} does not exist; built-in: {', '.join(builtin)} "
+                "(`hutch template list` shows yours)"
+            )
 
     def _check_isolation(self, isolation: str) -> None:
         offered = set().union(*(n.isolation_classes for n in self._nodes.alive()))

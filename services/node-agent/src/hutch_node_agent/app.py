@@ -39,29 +39,24 @@ async def run(settings: NodeAgentSettings) -> None:
             for ended in await node.manager.recover():
                 await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
 
-            token = settings.internal_token.get_secret_value()
-            server = await serve(
-                settings.grpc,
-                [
-                    (
-                        node_agent_pb2_grpc.add_NodeAgentServicer_to_server,
-                        NodeAgentServicer(node.manager, options),
-                        "hutch.internal.v1.NodeAgent",
-                    )
-                ],
-                internal_token=token or None,
-            )
-            address = f"{options.advertise_host}:{server.port}"
             heartbeat = Heartbeat(
                 await bus.kv(nodes_bucket(settings.region)),
                 options,
                 settings.region,
-                address,
                 node.manager,
                 node.templates,
                 sorted(node.runtimes),
                 changed,
             )
+            token = settings.internal_token.get_secret_value()
+            servicer = NodeAgentServicer(node.manager, options, node.templates, heartbeat.beat)
+            server = await serve(
+                settings.grpc,
+                [(node_agent_pb2_grpc.add_NodeAgentServicer_to_server, servicer, "hutch.internal.v1.NodeAgent")],
+                internal_token=token or None,
+            )
+            address = f"{options.advertise_host}:{server.port}"
+            heartbeat.address = address
             commands = ConsumerSpec(
                 stream=node_command_stream(settings.region),
                 durable=f"node-{options.id}",

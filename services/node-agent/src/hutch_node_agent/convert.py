@@ -7,8 +7,9 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hutch.events.v1 import sandbox_pb2 as ev
-from hutch.v1 import files_pb2
+from hutch.v1 import files_pb2, templates_pb2
 from hutch_node_agent.domain import SandboxRequest
+from hutch_node_agent.templates import Template
 
 _FILE_TYPES = {
     "file": files_pb2.FILE_TYPE_FILE,
@@ -46,4 +47,21 @@ def file_info(info: dict[str, Any]) -> files_pb2.FileInfo:
         owner=str(info.get("owner", "")),
         group=str(info.get("group", "")),
         symlink_target=info.get("symlink_target", ""),
+    )
+
+
+def template_message(key: str, template: Template) -> templates_pb2.Template:
+    """A template as the public API shows it (the name without the tenant part of the key)."""
+    folder_stat = template.rootfs.parent.stat()
+    created = Timestamp()
+    created.FromNanoseconds(folder_stat.st_mtime_ns)
+    return templates_pb2.Template(
+        name=key.rpartition("/")[2],
+        builtin="/" not in key,
+        source=template.source,
+        env=list(template.env),
+        workdir=template.workdir,
+        user=template.user,
+        size_bytes=template.size_bytes,
+        created_at=created,
     )

@@ -15,6 +15,9 @@ _SANDBOX_ID = re.compile(r"^sb-[a-z0-9]{8,40}$")
 
 Status = Literal["starting", "running", "stopping", "stopped"]
 
+# The PATH processes get when their template's image does not set one.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def check_sandbox_id(sandbox_id: str) -> str:
     if not _SANDBOX_ID.match(sandbox_id):

@@ -8,27 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from hutch.core import errors
 from hutch.core.grpc_runtime import Context
 from hutch.internal.v1 import node_agent_pb2, node_agent_pb2_grpc
-from hutch.v1 import files_pb2, process_pb2
-from hutch_node_agent.convert import file_info
+from hutch.v1 import files_pb2, process_pb2, templates_pb2
+from hutch_node_agent.convert import file_info, template_message
+from hutch_node_agent.domain import LocalSandbox
 from hutch_node_agent.sandboxes import SandboxManager
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor.client import ExecSession, Exited, Output, Started
+from hutch_node_agent.templates import TemplateStore, check_key
 
 
-def _exec_request(config: process_pb2.ProcessConfig, env: dict[str, str], default_user: str) -> dict[str, Any]:
+def _exec_request(config: process_pb2.ProcessConfig, sandbox: LocalSandbox) -> dict[str, Any]:
     if not config.args and not config.cmd:
         raise errors.InvalidArgument("a process needs either cmd (a shell command line) or args (an argv)")
+    user = config.user or sandbox.default_user
+    # The template's working directory is for its own user; another user starts in their home.
+    cwd = config.cwd or (sandbox.workdir if user == sandbox.default_user else "")
     request: dict[str, Any] = {
         "op": "exec",
-        "env": {**env, **config.envs},
-        "cwd": config.cwd,
-        "user": config.user or default_user,
+        "env": {**sandbox.env, **config.envs},
+        "cwd": cwd,
+        "user": user,
         "timeout_ms": config.timeout_ms,
         "stdin": config.stdin,
     }
@@ -51,9 +59,17 @@ async def _pump_input(requests: AsyncIterator[process_pb2.RunRequest], session: 
 
 
 class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
-    def __init__(self, manager: SandboxManager, options: NodeOptions) -> None:
+    def __init__(
+        self,
+        manager: SandboxManager,
+        options: NodeOptions,
+        templates: TemplateStore,
+        templates_changed: Callable[[], Awaitable[None]],
+    ) -> None:
         self._manager = manager
         self._options = options
+        self._templates = templates
+        self._templates_changed = templates_changed
 
     async def Run(
         self, request_iterator: AsyncIterator[process_pb2.RunRequest], context: Context
@@ -62,7 +78,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         if first is None or first.WhichOneof("event") != "start":
             raise errors.InvalidArgument("the first message of Run must be `start` with the process config")
         sandbox = self._manager.running(first.start.sandbox)
-        request = _exec_request(first.start, sandbox.env, sandbox.default_user)
+        request = _exec_request(first.start, sandbox)
         async with await self._manager.supervisor(sandbox.id).exec(request) as session:
             pump = asyncio.create_task(_pump_input(request_iterator, session))
             try:
@@ -175,3 +191,67 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
                 for s in self._manager.all()
             ]
         )
+
+    async def InstallTemplate(
+        self, request_iterator: AsyncIterator[templates_pb2.ImportTemplateRequest], context: Context
+    ) -> templates_pb2.Template:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("event") != "header":
+            raise errors.InvalidArgument("the first message of InstallTemplate must be `header`")
+        key = check_key(first.header.name)
+        limit = self._options.max_template_bytes
+        if first.header.size > limit:
+            raise errors.ResourceExhausted(f"the image is {first.header.size} bytes; the limit is {limit}")
+        self._options.templates_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=self._options.templates_dir)
+        archive = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                received = await _receive_upload(request_iterator, out, limit)
+            if first.header.size and received != first.header.size:
+                raise errors.InvalidArgument(
+                    f"the upload carried {received} of the {first.header.size} bytes declared; nothing was imported"
+                )
+            template = await asyncio.to_thread(
+                self._templates.install,
+                key,
+                archive,
+                self._options.userns_shift,
+                self._options.max_template_unpacked_bytes,
+            )
+        finally:
+            archive.unlink(missing_ok=True)
+        await self._templates_changed()
+        return template_message(key, template)
+
+    async def RemoveTemplate(
+        self, request: node_agent_pb2.RemoveTemplateRequest, context: Context
+    ) -> node_agent_pb2.RemoveTemplateResponse:
+        key = check_key(request.key)
+        users = [s.id for s in self._manager.all() if s.request.template == key]
+        if users:
+            raise errors.FailedPrecondition(
+                f"template {key!r} is used by {len(users)} sandbox(es) on this node "
+                f"({', '.join(users[:3])}): kill them first"
+            )
+        await asyncio.to_thread(self._templates.remove, key)
+        await self._templates_changed()
+        return node_agent_pb2.RemoveTemplateResponse()
+
+
+async def _receive_upload(
+    requests: AsyncIterator[templates_pb2.ImportTemplateRequest], out: BinaryIO, limit: int
+) -> int:
+    """Writes data messages to `out` until `end`; a stream without `end` imports nothing."""
+    received = 0
+    async for request in requests:
+        which = request.WhichOneof("event")
+        if which == "end":
+            return received
+        if which != "data":
+            raise errors.InvalidArgument("after the header, an import takes data messages and then `end`")
+        received += len(request.data)
+        if received > limit:
+            raise errors.ResourceExhausted(f"the image is larger than the {limit} bytes an import may upload")
+        await asyncio.to_thread(out.write, request.data)
+    raise errors.InvalidArgument("the upload stopped before its `end` message; nothing was imported")

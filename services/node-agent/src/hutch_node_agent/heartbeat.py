@@ -26,7 +26,6 @@ class Heartbeat:
         kv: KeyValue,
         options: NodeOptions,
         region: str,
-        address: str,
         manager: SandboxManager,
         templates: TemplateStore,
         isolation_classes: list[str],
@@ -35,7 +34,8 @@ class Heartbeat:
         self._kv = kv
         self._options = options
         self._region = region
-        self._address = address
+        # host:port of the data plane, known once the gRPC server listens.
+        self.address = ""
         self._manager = manager
         self._templates = templates
         self._classes = isolation_classes
@@ -44,6 +44,11 @@ class Heartbeat:
         # Set by whoever changes what the node holds, so the next heartbeat goes out at once.
         self._wake = changed
 
+    async def beat(self) -> None:
+        """Publishes the node's state now (also called right after its templates change, so that
+        placement sees a new template before the import that installed it returns)."""
+        await self._kv.put(self._options.id, self.message().SerializeToString())
+
     def message(self) -> node_pb2.NodeHeartbeat:
         cpu, memory = self._manager.allocated()
         sent_at = Timestamp()
@@ -51,7 +56,7 @@ class Heartbeat:
         return node_pb2.NodeHeartbeat(
             node_id=self._options.id,
             region=self._region,
-            address=self._address,
+            address=self.address,
             cpu_millis_total=self._options.measured_cpu_millis(),
             memory_mb_total=self._options.measured_memory_mb(),
             cpu_millis_allocated=cpu,
@@ -67,7 +72,7 @@ class Heartbeat:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self._kv.put(self._options.id, self.message().SerializeToString())
+                await self.beat()
             except Exception as exc:  # NATS away: keep trying; missed beats are what node loss means
                 log.warning("heartbeat failed: %r", exc)
             with contextlib.suppress(TimeoutError):

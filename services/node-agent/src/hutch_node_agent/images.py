@@ -49,7 +49,7 @@ from typing import IO, Any, Literal, Protocol
 import zstandard
 
 from hutch.core import errors
-from hutch_node_agent.templates import DEFAULT_PATH
+from hutch_node_agent.domain import DEFAULT_PATH
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

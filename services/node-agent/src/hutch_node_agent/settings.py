@@ -62,6 +62,9 @@ class NodeOptions(BaseModel):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     # Largest single file a Files.Write may upload.
     max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
+    # Largest image archive a template import may upload, and the most its layers may unpack to.
+    max_template_bytes: int = Field(default=16 * 1024**3, gt=0)
+    max_template_unpacked_bytes: int = Field(default=64 * 1024**3, gt=0)
     # Longest wait for a new sandbox's supervisor to answer.
     start_timeout_s: float = Field(default=30.0, gt=0)
     pids_limit: int = Field(default=1024, ge=16)

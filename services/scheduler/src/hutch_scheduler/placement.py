@@ -54,9 +54,10 @@ def choose_node(demand: Demand, candidates: list[Candidate], region: str) -> str
     candidates = capable
     with_template = [c for c in candidates if demand.template in c.templates]
     if not with_template:
-        known = sorted(set().union(*(c.templates for c in candidates)))
+        # Only built-in names: a tenant's templates ("<tenant>/<name>") are not for others to see.
+        known = sorted(t for t in set().union(*(c.templates for c in candidates)) if "/" not in t)
         raise errors.NotFound(
-            f"template {demand.template!r} is not installed on any node in region {region!r}; "
+            f"template {demand.template.rpartition('/')[2]!r} is not installed on any node in region {region!r}; "
             f"available: {', '.join(known) or 'none'}"
         )
     fitting = [c for c in with_template if c.cpu_free >= demand.cpu_millis and c.memory_free >= demand.memory_mb]

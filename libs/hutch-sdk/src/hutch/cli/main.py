@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli import files, local, sandbox
+from hutch.cli import files, local, sandbox, template
 from hutch.cli._shared import EXIT_CODES_HELP, error_line, exit_code_for
 from hutch.cli.execute import HELP as EXEC_HELP
 from hutch.cli.execute import exec_command
@@ -47,6 +47,7 @@ def _root(
 app.add_typer(sandbox.app)
 app.command("exec", help=EXEC_HELP)(exec_command)
 app.add_typer(files.app)
+app.add_typer(template.app)
 local.mount(app)
 
 

@@ -24,21 +24,26 @@ _sym_db = _symbol_database.Default()
 
 from hutch.v1 import files_pb2 as hutch_dot_v1_dot_files__pb2
 from hutch.v1 import process_pb2 as hutch_dot_v1_dot_process__pb2
+from hutch.v1 import templates_pb2 as hutch_dot_v1_dot_templates__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"hutch/internal/v1/node_agent.proto\x12\x11hutch.internal.v1\x1a\x14hutch/v1/files.proto\x1a\x16hutch/v1/process.proto\"\x12\n\x10ListLocalRequest\"W\n\x0cLocalSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08init_pid\x18\x04 \x01(\r\"G\n\x11ListLocalResponse\x12\x32\n\tsandboxes\x18\x01 \x03(\x0b\x32\x1f.hutch.internal.v1.LocalSandbox2\xc6\x04\n\tNodeAgent\x12\x36\n\x03Run\x12\x14.hutch.v1.RunRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12\x43\n\x08ReadFile\x12\x19.hutch.v1.ReadFileRequest\x1a\x1a.hutch.v1.ReadFileResponse0\x01\x12=\n\tWriteFile\x12\x1a.hutch.v1.WriteFileRequest\x1a\x12.hutch.v1.FileInfo(\x01\x12>\n\x07ListDir\x12\x18.hutch.v1.ListDirRequest\x1a\x19.hutch.v1.ListDirResponse\x12\x31\n\x04Stat\x12\x15.hutch.v1.StatRequest\x1a\x12.hutch.v1.FileInfo\x12;\n\x06Remove\x12\x17.hutch.v1.RemoveRequest\x1a\x18.hutch.v1.RemoveResponse\x12\x35\n\x06Rename\x12\x17.hutch.v1.RenameRequest\x1a\x12.hutch.v1.FileInfo\x12>\n\x07MakeDir\x12\x18.hutch.v1.MakeDirRequest\x1a\x19.hutch.v1.MakeDirResponse\x12V\n\tListLocal\x12#.hutch.internal.v1.ListLocalRequest\x1a$.hutch.internal.v1.ListLocalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"hutch/internal/v1/node_agent.proto\x12\x11hutch.internal.v1\x1a\x14hutch/v1/files.proto\x1a\x16hutch/v1/process.proto\x1a\x18hutch/v1/templates.proto\"$\n\x15RemoveTemplateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x18\n\x16RemoveTemplateResponse\"\x12\n\x10ListLocalRequest\"W\n\x0cLocalSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08init_pid\x18\x04 \x01(\r\"G\n\x11ListLocalResponse\x12\x32\n\tsandboxes\x18\x01 \x03(\x0b\x32\x1f.hutch.internal.v1.LocalSandbox2\xf7\x05\n\tNodeAgent\x12\x36\n\x03Run\x12\x14.hutch.v1.RunRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12\x43\n\x08ReadFile\x12\x19.hutch.v1.ReadFileRequest\x1a\x1a.hutch.v1.ReadFileResponse0\x01\x12=\n\tWriteFile\x12\x1a.hutch.v1.WriteFileRequest\x1a\x12.hutch.v1.FileInfo(\x01\x12>\n\x07ListDir\x12\x18.hutch.v1.ListDirRequest\x1a\x19.hutch.v1.ListDirResponse\x12\x31\n\x04Stat\x12\x15.hutch.v1.StatRequest\x1a\x12.hutch.v1.FileInfo\x12;\n\x06Remove\x12\x17.hutch.v1.RemoveRequest\x1a\x18.hutch.v1.RemoveResponse\x12\x35\n\x06Rename\x12\x17.hutch.v1.RenameRequest\x1a\x12.hutch.v1.FileInfo\x12>\n\x07MakeDir\x12\x18.hutch.v1.MakeDirRequest\x1a\x19.hutch.v1.MakeDirResponse\x12V\n\tListLocal\x12#.hutch.internal.v1.ListLocalRequest\x1a$.hutch.internal.v1.ListLocalResponse\x12H\n\x0fInstallTemplate\x12\x1f.hutch.v1.ImportTemplateRequest\x1a\x12.hutch.v1.Template(\x01\x12\x65\n\x0eRemoveTemplate\x12(.hutch.internal.v1.RemoveTemplateRequest\x1a).hutch.internal.v1.RemoveTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hutch.internal.v1.node_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTLOCALREQUEST']._serialized_start=103
-  _globals['_LISTLOCALREQUEST']._serialized_end=121
-  _globals['_LOCALSANDBOX']._serialized_start=123
-  _globals['_LOCALSANDBOX']._serialized_end=210
-  _globals['_LISTLOCALRESPONSE']._serialized_start=212
-  _globals['_LISTLOCALRESPONSE']._serialized_end=283
-  _globals['_NODEAGENT']._serialized_start=286
-  _globals['_NODEAGENT']._serialized_end=868
+  _globals['_REMOVETEMPLATEREQUEST']._serialized_start=129
+  _globals['_REMOVETEMPLATEREQUEST']._serialized_end=165
+  _globals['_REMOVETEMPLATERESPONSE']._serialized_start=167
+  _globals['_REMOVETEMPLATERESPONSE']._serialized_end=191
+  _globals['_LISTLOCALREQUEST']._serialized_start=193
+  _globals['_LISTLOCALREQUEST']._serialized_end=211
+  _globals['_LOCALSANDBOX']._serialized_start=213
+  _globals['_LOCALSANDBOX']._serialized_end=300
+  _globals['_LISTLOCALRESPONSE']._serialized_start=302
+  _globals['_LISTLOCALRESPONSE']._serialized_end=373
+  _globals['_NODEAGENT']._serialized_start=376
+  _globals['_NODEAGENT']._serialized_end=1135
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ import warnings
 from hutch.internal.v1 import node_agent_pb2 as hutch_dot_internal_dot_v1_dot_node__agent__pb2
 from hutch.v1 import files_pb2 as hutch_dot_v1_dot_files__pb2
 from hutch.v1 import process_pb2 as hutch_dot_v1_dot_process__pb2
+from hutch.v1 import templates_pb2 as hutch_dot_v1_dot_templates__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -83,6 +84,16 @@ class NodeAgentStub:
                 request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ListLocalRequest.SerializeToString,
                 response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ListLocalResponse.FromString,
                 _registered_method=True)
+        self.InstallTemplate = channel.stream_unary(
+                '/hutch.internal.v1.NodeAgent/InstallTemplate',
+                request_serializer=hutch_dot_v1_dot_templates__pb2.ImportTemplateRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_templates__pb2.Template.FromString,
+                _registered_method=True)
+        self.RemoveTemplate = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/RemoveTemplate',
+                request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -145,6 +156,21 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallTemplate(self, request_iterator, context):
+        """Unpacks an image archive into a template. header.name is the node's template key:
+        "<tenant id>/<name>" for a tenant's template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTemplate(self, request, context):
+        """Refused while a sandbox on this node uses the template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +218,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.ListLocal,
                     request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ListLocalRequest.FromString,
                     response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ListLocalResponse.SerializeToString,
+            ),
+            'InstallTemplate': grpc.stream_unary_rpc_method_handler(
+                    servicer.InstallTemplate,
+                    request_deserializer=hutch_dot_v1_dot_templates__pb2.ImportTemplateRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_templates__pb2.Template.SerializeToString,
+            ),
+            'RemoveTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTemplate,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +475,60 @@ class NodeAgent:
             '/hutch.internal.v1.NodeAgent/ListLocal',
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.ListLocalRequest.SerializeToString,
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.ListLocalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallTemplate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hutch.internal.v1.NodeAgent/InstallTemplate',
+            hutch_dot_v1_dot_templates__pb2.ImportTemplateRequest.SerializeToString,
+            hutch_dot_v1_dot_templates__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/RemoveTemplate',
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from grpc import aio as _aio
 from hutch.internal.v1 import node_agent_pb2 as _node_agent_pb2
 from hutch.v1 import files_pb2 as _files_pb2
 from hutch.v1 import process_pb2 as _process_pb2
+from hutch.v1 import templates_pb2 as _templates_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -47,6 +48,12 @@ class NodeAgentStub:
     MakeDir: _grpc.UnaryUnaryMultiCallable[_files_pb2.MakeDirRequest, _files_pb2.MakeDirResponse]
     ListLocal: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.ListLocalRequest, _node_agent_pb2.ListLocalResponse]
     """What the node runs right now, for operators and reconciliation."""
+    InstallTemplate: _grpc.StreamUnaryMultiCallable[_templates_pb2.ImportTemplateRequest, _templates_pb2.Template]
+    """Unpacks an image archive into a template. header.name is the node's template key:
+    "<tenant id>/<name>" for a tenant's template.
+    """
+    RemoveTemplate: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.RemoveTemplateRequest, _node_agent_pb2.RemoveTemplateResponse]
+    """Refused while a sandbox on this node uses the template."""
 
 @_typing.type_check_only
 class NodeAgentAsyncStub(NodeAgentStub):
@@ -65,6 +72,12 @@ class NodeAgentAsyncStub(NodeAgentStub):
     MakeDir: _aio.UnaryUnaryMultiCallable[_files_pb2.MakeDirRequest, _files_pb2.MakeDirResponse]  # type: ignore[assignment]
     ListLocal: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.ListLocalRequest, _node_agent_pb2.ListLocalResponse]  # type: ignore[assignment]
     """What the node runs right now, for operators and reconciliation."""
+    InstallTemplate: _aio.StreamUnaryMultiCallable[_templates_pb2.ImportTemplateRequest, _templates_pb2.Template]  # type: ignore[assignment]
+    """Unpacks an image archive into a template. header.name is the node's template key:
+    "<tenant id>/<name>" for a tenant's template.
+    """
+    RemoveTemplate: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.RemoveTemplateRequest, _node_agent_pb2.RemoveTemplateResponse]  # type: ignore[assignment]
+    """Refused while a sandbox on this node uses the template."""
 
 class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
     """The node-agent's data plane. Only the gateway calls it: every call carries the installation's
@@ -134,5 +147,23 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.ListLocalResponse, _abc.Awaitable[_node_agent_pb2.ListLocalResponse]]:
         """What the node runs right now, for operators and reconciliation."""
+
+    @_abc_1.abstractmethod
+    def InstallTemplate(
+        self,
+        request_iterator: _MaybeAsyncIterator[_templates_pb2.ImportTemplateRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_templates_pb2.Template, _abc.Awaitable[_templates_pb2.Template]]:
+        """Unpacks an image archive into a template. header.name is the node's template key:
+        "<tenant id>/<name>" for a tenant's template.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveTemplate(
+        self,
+        request: _node_agent_pb2.RemoveTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_agent_pb2.RemoveTemplateResponse, _abc.Awaitable[_node_agent_pb2.RemoveTemplateResponse]]:
+        """Refused while a sandbox on this node uses the template."""
 
 def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -64,6 +64,7 @@ async def heartbeat(
         cpu_millis_total=cpu,
         memory_mb_total=memory,
         templates=list(templates),
+        isolation_classes=["container", "gvisor"],
         sent_at=sent,
     )
     await (await s.bus.kv(nodes_bucket(s.bus.region))).put(node_id, beat.SerializeToString())

@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   crun            # the container isolation class
+  runsc           # the gvisor isolation class
   mmdebstrap      # builds the base template from the host's own apt sources
   btrfs-progs     # formats the volume that holds sandboxes' disk quotas
   iproute2 nftables
   busybox-static  # test images without Python
   zstd tmux git ca-certificates python3 python3-venv
+  gcc libc6-dev   # builds the small preload library gVisor sandboxes need (see gvisor_compat.c)
 )
 UV_VERSION=0.13.9
 TOOLS=/opt/hutch/tools

@@ -315,3 +315,24 @@ def test_other_sandboxes_metadata_and_private_ranges_are_unreachable(attacker: S
         out, _ = sh(attacker, f'python3 -c "{probe}"')
         assert out.strip() != "CONNECTED", target
     assert_victim_untouched(victim)
+
+
+def test_a_disk_filler_stops_at_its_quota(attacker: Sandbox, victim: Sandbox) -> None:
+    # The test stack gives each sandbox 512 MiB of writable layer.
+    out, code = sh(attacker, "dd if=/dev/zero of=/root/fill bs=1M count=2048 2>&1; echo exit=$?")
+    assert "exit=0" not in out and ("quota" in out.lower() or "no space" in out.lower()), out
+    size = int(attacker.commands.run("stat -c %s /root/fill").stdout)
+    assert size <= 512 * 2**20
+    sh(attacker, "rm -f /root/fill")
+    assert_victim_untouched(victim)
+
+
+def test_the_runtime_binaries_cannot_be_overwritten_through_proc(attacker: Sandbox, victim: Sandbox) -> None:
+    # The classic container escape rewrites the runtime through /proc/<pid>/exe. PID 1 here is the
+    # supervisor, whose loader and interpreter are a read-only mount owned by the host's root.
+    out, _ = sh(attacker, "echo x >> /proc/1/exe 2>&1; echo done")
+    assert "denied" in out.lower() or "read-only" in out.lower(), out
+    assert attacker.commands.run("echo still-fine").stdout == "still-fine\n"
+    # Its own binaries are its own to break: the template below them is untouched for everyone else.
+    sh(attacker, "echo x >> /proc/self/exe")
+    assert victim.commands.run("bash -c 'echo bash-intact'").stdout == "bash-intact\n"

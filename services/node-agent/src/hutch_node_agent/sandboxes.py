@@ -23,7 +23,7 @@ from hutch_node_agent.domain import LocalSandbox, SandboxRequest, check_sandbox_
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
 from hutch_node_agent.network import SandboxNetworks
 from hutch_node_agent.quota import DiskQuotas
-from hutch_node_agent.runtime import CONTAINER, OciRuntime
+from hutch_node_agent.runtime import CONTAINER, GVISOR, OciRuntime
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor.bundle import SupervisorRuntime
 from hutch_node_agent.supervisor.client import SupervisorClient
@@ -103,6 +103,9 @@ class SandboxManager:
                     self._templates.ensure_shift, request.template, self._options.userns_shift
                 )
             env = dict(item.split("=", 1) for item in template.env if "=" in item)
+            preload = self._supervisor.gvisor_preload() if request.isolation == GVISOR else None
+            if preload:
+                env["LD_PRELOAD"] = preload
             env.update(request.envs)
             sandbox = LocalSandbox(
                 request=request,

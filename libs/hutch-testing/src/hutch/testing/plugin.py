@@ -12,6 +12,7 @@ workspace, and most of them use none of this.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -158,6 +159,9 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
         s3_server.remove_bucket(name)
 
 
+TEST_STACK_SETTINGS = {"HUTCH_NODE__DISK_QUOTA_MB": "512", "HUTCH_NODE__VOLUME_SIZE_GB": "16"}
+
+
 @pytest.fixture(scope="session")
 def local_stack(server_tmp_root: Path) -> Iterator[LocalStack]:
     """The whole platform, detached, in a temporary HUTCH_HOME on free ports; stopped at session end.
@@ -169,7 +173,18 @@ def local_stack(server_tmp_root: Path) -> Iterator[LocalStack]:
     missing = missing_services()
     if missing:
         pytest.skip(f"the local stack needs services that are not installed: {', '.join(missing)}")
-    stack = LocalStack.start(Path(tempfile.mkdtemp(prefix="hutch-home-", dir=server_tmp_root)))
+    # Small enough for a test to fill a sandbox's disk quota in a second or two. The services take
+    # their settings from the environment they start in.
+    saved = {key: os.environ.get(key) for key in TEST_STACK_SETTINGS}
+    os.environ.update(TEST_STACK_SETTINGS)
+    try:
+        stack = LocalStack.start(Path(tempfile.mkdtemp(prefix="hutch-home-", dir=server_tmp_root)))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     try:
         yield stack
     finally:

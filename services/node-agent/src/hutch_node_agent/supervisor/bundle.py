@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import compileall
 import hashlib
+import logging
 import py_compile
 import re
 import shutil
@@ -38,9 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+log = logging.getLogger(__name__)
+
 MOUNT_POINT = "/.hutch/rt"
 SUPERVISOR_DIR = Path(__file__).resolve().parent
-SUPERVISOR_FILES = ("sandbox_supervisor.py", "protocol.py")
+SUPERVISOR_FILES = ("sandbox_supervisor.py", "protocol.py", "gvisor_compat.c")
+# Preloaded into gVisor sandboxes' processes (see gvisor_compat.c); built when a C compiler is there.
+GVISOR_COMPAT = "lib/hutch-gvisor-compat.so"
 SUPERVISOR_BYTECODE = "sandbox_supervisor.pyc"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where an interpreter whose PYTHONHOME is the bundle looks for its standard library.
@@ -103,6 +108,10 @@ class SupervisorRuntime:
             f"HUTCH_DEFAULT_USER={default_user}",
         ]
 
+    def gvisor_preload(self) -> str | None:
+        """The LD_PRELOAD value for processes of gVisor sandboxes, or None when it was not built."""
+        return f"{MOUNT_POINT}/{GVISOR_COMPAT}" if (self.host_dir / GVISOR_COMPAT).is_file() else None
+
 
 def build_runtime(cache_dir: Path) -> SupervisorRuntime:
     """Returns the runtime for this host's Python and the current supervisor, building it if needed."""
@@ -158,8 +167,22 @@ def _assemble(root: Path, interpreter: Path) -> None:
     for name, source in _shared_libraries([interpreter, *extensions]).items():
         shutil.copy2(source, root / "lib" / name)
     for name in SUPERVISOR_FILES:
-        shutil.copy2(SUPERVISOR_DIR / name, root / name)
+        if name.endswith(".py"):
+            shutil.copy2(SUPERVISOR_DIR / name, root / name)
     _compile(root)
+    _build_gvisor_compat(root)
+
+
+def _build_gvisor_compat(root: Path) -> None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler: gVisor sandboxes will lack the statx fix (`ls -l` fails in them)")
+        return
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-nostdlib", "-o", str(root / GVISOR_COMPAT),
+         str(SUPERVISOR_DIR / "gvisor_compat.c")],
+        check=True, capture_output=True,
+    )  # fmt: skip
 
 
 def _compile(root: Path) -> None:

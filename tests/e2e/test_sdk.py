@@ -668,3 +668,12 @@ def test_tenant_isolation(make_sandbox: Callable[..., Sandbox], local_stack: Any
     assert victim.is_running()
     assert victim.files.read("/root/secret.txt") == "tenant A's secret"
     assert victim.commands.run("echo unaffected").stdout == "unaffected\n"
+
+
+def test_the_usual_tools_work(sandbox: Sandbox) -> None:
+    # GNU coreutils' stat and ls -l use statx with flags an older gVisor refused; both classes must
+    # give an agent the tools it expects.
+    assert sandbox.commands.run("ls -l /etc/hostname").stdout.startswith("-rw-r--r--")
+    assert sandbox.commands.run("stat -c %s /etc/hostname").stdout.strip().isdigit()
+    assert sandbox.commands.run("python3 -c 'import sys; print(sys.version_info[0])'").stdout == "3\n"
+    assert sandbox.commands.run("git --version").stdout.startswith("git version")

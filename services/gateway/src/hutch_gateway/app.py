@@ -16,6 +16,8 @@ from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits
 from hutch_gateway.grpc_api import FilesServicer, ProcessesServicer, SandboxesServicer, TemplatesServicer
+from hutch_gateway.preview import PreviewSite, derive_secret
+from hutch_gateway.preview_edge import PreviewEdge
 from hutch_gateway.projection import SandboxProjection
 from hutch_gateway.service import SandboxService
 from hutch_gateway.settings import GatewaySettings
@@ -43,7 +45,15 @@ async def run(settings: GatewaySettings) -> None:
             feed = ChangeFeed(settings.postgres.dsn.get_secret_value())
             nodes = NodeDirectory(await bus.kv(nodes_bucket(region)), options.node_grace_s)
             channels = NodeChannels(settings.internal_token.get_secret_value(), settings.grpc.max_message_bytes)
-            service = SandboxService(pool, relay, feed, nodes, options, region)
+            preview = PreviewSite(
+                domain=options.preview_domain,
+                scheme=options.preview_scheme,
+                port=options.preview_url_port or options.preview_port,
+                secret=derive_secret(
+                    options.preview_secret.get_secret_value(), settings.internal_token.get_secret_value()
+                ),
+            )
+            service = SandboxService(pool, relay, feed, nodes, options, region, preview)
             auth = Authenticator(lambda digest: store.tenant_for_key_hash(pool, digest), options.api_key_cache_s)
             limits = Limits(options.max_cpu_millis, options.max_memory_mb)
             templates = TemplateService(pool, nodes, channels)
@@ -86,6 +96,12 @@ async def run(settings: GatewaySettings) -> None:
                     )
                 ),
             )
+            edge = None
+            if options.preview_port:
+                edge = await PreviewEdge(preview, service, auth, channels, pool).start(
+                    options.preview_host, options.preview_port
+                )
+                log.info("preview edge on %s:%d for *.%s", options.preview_host, options.preview_port, preview.domain)
             log.info("gateway serving on port %d (region %s)", server.port, region)
             try:
                 await supervise(
@@ -96,5 +112,7 @@ async def run(settings: GatewaySettings) -> None:
                     bus.consume(projection, SandboxProjection(pool, relay, region), shutdown),
                 )
             finally:
+                if edge is not None:
+                    edge.close()
                 await server.stop()
                 await channels.close()

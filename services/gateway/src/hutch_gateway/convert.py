@@ -43,6 +43,8 @@ def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
         state_reason=record.state_reason,
         region=record.region,
         isolation=record.isolation,
+        public_ports=list(record.public_ports),
+        expires_at=_timestamp(record.expires_at),
     )
 
 

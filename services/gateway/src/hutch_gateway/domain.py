@@ -79,6 +79,8 @@ class SandboxRecord:
     started_at: datetime | None
     ended_at: datetime | None
     isolation: str = "container"
+    expires_at: datetime | None = None
+    public_ports: tuple[int, ...] = ()
 
     def error(self) -> errors.HutchError:
         """The error a FAILED sandbox reports to whoever waited for it."""

@@ -51,3 +51,14 @@ def kill_command(record: SandboxRecord, reason: str = "killed") -> Envelope[node
         sandbox=record.id,
         id=f"{record.id}.kill",
     )
+
+
+def deadline_command(record: SandboxRecord) -> Envelope[node_pb2.NodeCommand]:
+    """Tells the sandbox's node when it now expires (no deadline when it lives until killed)."""
+    deadline = node_pb2.SetSandboxDeadline(sandbox_id=record.id)
+    if record.expires_at is not None:
+        deadline.deadline.FromDatetime(record.expires_at)
+    return Envelope(
+        kind=events.NODE_COMMAND, payload=node_pb2.NodeCommand(set_deadline=deadline),
+        tenant=record.tenant_id, sandbox=record.id,
+    )  # fmt: skip

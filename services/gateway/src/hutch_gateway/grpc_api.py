@@ -8,7 +8,7 @@ caller's tenant and replaced by the sandbox id.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -37,6 +37,7 @@ from hutch_gateway.service import SandboxService
 from hutch_gateway.templates import TemplateService
 
 R = TypeVar("R", bound=Message)
+M = TypeVar("M", bound=Message)
 
 
 class _Authenticated:
@@ -90,8 +91,30 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
         tenant = await self._tenant(context)
         return convert.sandbox(await self._service.kill(tenant, request.sandbox))
 
+    async def SetTimeout(self, request: sandbox_pb2.SetTimeoutRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        return convert.sandbox(await self._service.set_timeout(tenant, request.sandbox, request.timeout_seconds))
+
+    async def GetPreviewUrl(
+        self, request: sandbox_pb2.GetPreviewUrlRequest, context: Context
+    ) -> sandbox_pb2.PreviewUrl:
+        tenant = await self._tenant(context)
+        link = await self._service.preview_url(tenant, request.sandbox, request.port, request.expires_in_seconds)
+        message = sandbox_pb2.PreviewUrl(url=link.url, host=link.host, token=link.token)
+        message.expires_at.FromDatetime(link.expires_at)
+        return message
+
+    async def SetPortVisibility(
+        self, request: sandbox_pb2.SetPortVisibilityRequest, context: Context
+    ) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        record = await self._service.set_port_visibility(tenant, request.sandbox, request.port, request.public)
+        return convert.sandbox(record)
+
 
 class _Proxy(_Authenticated):
+    """Data-plane calls: resolve the sandbox within the caller's tenant, then relay to its node."""
+
     def __init__(self, auth: Authenticator, service: SandboxService, nodes: NodeChannels) -> None:
         super().__init__(auth)
         self._service = service
@@ -105,6 +128,31 @@ class _Proxy(_Authenticated):
     def _stub(self, node: NodeInfo) -> NodeAgentAsyncStub:
         return self._nodes.stub(node.address)
 
+    @staticmethod
+    async def _relay(node: NodeInfo, call: Any) -> AsyncIterator[Any]:
+        """Yields a node's streamed answers; its errors become the domain errors they carry."""
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node.node_id}") from exc
+        finally:
+            call.cancel()
+
+    @staticmethod
+    async def _unary(node: NodeInfo, call: Awaitable[R]) -> R:
+        try:
+            return await call
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node.node_id}") from exc
+
+
+async def _then(first: M, rest: AsyncIterator[M]) -> AsyncIterator[M]:
+    """A request stream with its first message (already read and rewritten) put back in front."""
+    yield first
+    async for request in rest:
+        yield request
+
 
 class ProcessesServicer(_Proxy, process_pb2_grpc.ProcessesServicer):
     async def Run(
@@ -113,22 +161,37 @@ class ProcessesServicer(_Proxy, process_pb2_grpc.ProcessesServicer):
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("event") != "start":
             raise errors.InvalidArgument("the first message of Run must be `start` with the process config")
-        sandbox_id, node = await self._route(context, first.start.sandbox)
-        first.start.sandbox = sandbox_id
+        first.start.sandbox, node = await self._route(context, first.start.sandbox)
+        call = self._stub(node).Run(_then(first, request_iterator), metadata=self._nodes.metadata())
+        async for response in self._relay(node, call):
+            yield response
 
-        async def upstream() -> AsyncIterator[process_pb2.RunRequest]:
-            yield first
-            async for request in request_iterator:
-                yield request
+    async def Connect(
+        self, request_iterator: AsyncIterator[process_pb2.ConnectRequest], context: Context
+    ) -> AsyncIterator[process_pb2.RunResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("event") != "attach":
+            raise errors.InvalidArgument("the first message of Connect must be `attach` with the pid")
+        first.attach.sandbox, node = await self._route(context, first.attach.sandbox)
+        call = self._stub(node).Connect(_then(first, request_iterator), metadata=self._nodes.metadata())
+        async for response in self._relay(node, call):
+            yield response
 
-        call = self._stub(node).Run(upstream(), metadata=self._nodes.metadata())
-        try:
-            async for response in call:
-                yield response
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node.node_id}") from exc
-        finally:
-            call.cancel()
+    async def List(
+        self, request: process_pb2.ListProcessesRequest, context: Context
+    ) -> process_pb2.ListProcessesResponse:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).ListProcesses(request, metadata=self._nodes.metadata()))
+
+    async def SendSignal(
+        self, request: process_pb2.SendSignalRequest, context: Context
+    ) -> process_pb2.SendSignalResponse:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).SendSignal(request, metadata=self._nodes.metadata()))
+
+    async def SendStdin(self, request: process_pb2.SendStdinRequest, context: Context) -> process_pb2.SendStdinResponse:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        return await self._unary(node, self._stub(node).SendStdin(request, metadata=self._nodes.metadata()))
 
 
 class FilesServicer(_Proxy, files_pb2_grpc.FilesServicer):
@@ -136,14 +199,8 @@ class FilesServicer(_Proxy, files_pb2_grpc.FilesServicer):
         self, request: files_pb2.ReadFileRequest, context: Context
     ) -> AsyncIterator[files_pb2.ReadFileResponse]:
         request.sandbox, node = await self._route(context, request.sandbox)
-        call = self._stub(node).ReadFile(request, metadata=self._nodes.metadata())
-        try:
-            async for response in call:
-                yield response
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node.node_id}") from exc
-        finally:
-            call.cancel()
+        async for response in self._relay(node, self._stub(node).ReadFile(request, metadata=self._nodes.metadata())):
+            yield response
 
     async def Write(
         self, request_iterator: AsyncIterator[files_pb2.WriteFileRequest], context: Context
@@ -152,13 +209,15 @@ class FilesServicer(_Proxy, files_pb2_grpc.FilesServicer):
         if first is None or first.WhichOneof("event") != "header":
             raise errors.InvalidArgument("the first message of Write must be `header` with the path")
         first.header.sandbox, node = await self._route(context, first.header.sandbox)
+        call = self._stub(node).WriteFile(_then(first, request_iterator), metadata=self._nodes.metadata())
+        return await self._unary(node, call)
 
-        async def upstream() -> AsyncIterator[files_pb2.WriteFileRequest]:
-            yield first
-            async for request in request_iterator:
-                yield request
-
-        return await self._unary(node, self._stub(node).WriteFile(upstream(), metadata=self._nodes.metadata()))
+    async def Watch(
+        self, request: files_pb2.WatchDirRequest, context: Context
+    ) -> AsyncIterator[files_pb2.FilesystemEvent]:
+        request.sandbox, node = await self._route(context, request.sandbox)
+        async for event in self._relay(node, self._stub(node).Watch(request, metadata=self._nodes.metadata())):
+            yield event
 
     async def List(self, request: files_pb2.ListDirRequest, context: Context) -> files_pb2.ListDirResponse:
         request.sandbox, node = await self._route(context, request.sandbox)
@@ -179,13 +238,6 @@ class FilesServicer(_Proxy, files_pb2_grpc.FilesServicer):
     async def MakeDir(self, request: files_pb2.MakeDirRequest, context: Context) -> files_pb2.MakeDirResponse:
         request.sandbox, node = await self._route(context, request.sandbox)
         return await self._unary(node, self._stub(node).MakeDir(request, metadata=self._nodes.metadata()))
-
-    @staticmethod
-    async def _unary(node: NodeInfo, call: Awaitable[R]) -> R:
-        try:
-            return await call
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node.node_id}") from exc
 
 
 class TemplatesServicer(_Authenticated, templates_pb2_grpc.TemplatesServicer):

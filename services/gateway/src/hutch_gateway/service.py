@@ -6,6 +6,9 @@ Every method takes the caller's tenant id first; a sandbox of another tenant is 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -14,14 +17,23 @@ from hutch.core.nodes import NodeDirectory, NodeInfo
 from hutch.core.outbox import OutboxRelay
 from hutch_gateway import events_out, store, templates
 from hutch_gateway.changes import ChangeFeed
-from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
+from hutch_gateway.domain import MAX_TIMEOUT_S, SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
 from hutch_gateway.isolation import choose_isolation
+from hutch_gateway.preview import DEFAULT_LIFETIME_S, MAX_LIFETIME_S, Grant, PreviewSite, sign
 from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class PreviewLink:
+    url: str
+    host: str
+    token: str
+    expires_at: datetime
 
 
 class SandboxService:
@@ -33,7 +45,9 @@ class SandboxService:
         nodes: NodeDirectory,
         options: GatewayOptions,
         region: str,
+        preview: PreviewSite,
     ) -> None:
+        self._preview = preview
         self._db = db
         self._relay = relay
         self._feed = feed
@@ -126,6 +140,46 @@ class SandboxService:
             self._options.kill_timeout_s,
             "its node to stop it",
         )
+
+    async def set_timeout(self, tenant_id: str, ref: str, timeout_seconds: int) -> SandboxRecord:
+        """Gives a running sandbox `timeout_seconds` more to live (0: until killed)."""
+        if timeout_seconds > MAX_TIMEOUT_S:
+            raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
+        record = await self.get(tenant_id, ref)
+        async with self._db.acquire() as conn, conn.transaction():
+            updated = await store.set_expiry(conn, record.id, timeout_seconds)
+            if updated is None or not updated.node_id:
+                raise errors.FailedPrecondition(f"sandbox {record.id} is {record.state.value}, not running")
+            subject = events.node_command_subject(self._region, updated.node_id)
+            await outbox.stage(conn, subject, events_out.deadline_command(updated))
+        self._relay.kick()
+        return updated
+
+    async def preview_url(self, tenant_id: str, ref: str, port: int, expires_in_s: int) -> PreviewLink:
+        if not 1 <= port <= 65535:
+            raise errors.InvalidArgument(f"port must be between 1 and 65535 (got {port})")
+        lifetime = expires_in_s or DEFAULT_LIFETIME_S
+        if lifetime > MAX_LIFETIME_S:
+            raise errors.InvalidArgument(f"a preview URL may live at most {MAX_LIFETIME_S} seconds")
+        record = await self.get(tenant_id, ref)
+        expires_at = int(time.time()) + lifetime
+        token = (
+            ""
+            if port in record.public_ports
+            else sign(self._preview.secret, Grant(tenant_id, record.id, port, expires_at))
+        )
+        return PreviewLink(
+            url=self._preview.url(port, record.id, token),
+            host=self._preview.host(port, record.id),
+            token=token,
+            expires_at=datetime.fromtimestamp(expires_at, UTC),
+        )
+
+    async def set_port_visibility(self, tenant_id: str, ref: str, port: int, public: bool) -> SandboxRecord:
+        if not 1 <= port <= 65535:
+            raise errors.InvalidArgument(f"port must be between 1 and 65535 (got {port})")
+        record = await self.get(tenant_id, ref)
+        return await store.set_port_visibility(self._db, record.id, port, public)
 
     async def running(self, tenant_id: str, ref: str) -> tuple[SandboxRecord, NodeInfo]:
         """The sandbox and its node, for data-plane calls; refuses sandboxes that do not run."""

@@ -23,6 +23,17 @@ class GatewayOptions(BaseModel):
     max_memory_mb: int = Field(default=65_536, ge=64)
     # How long an API key lookup is cached; a revoked key stops working within this time.
     api_key_cache_s: float = Field(default=30.0, ge=0)
+    # The preview edge: HTTP requests for PORT-SANDBOX.<preview_domain> reach that port inside the
+    # sandbox. Port 0 turns the edge off. `*.localhost` resolves to loopback on most systems.
+    preview_host: str = "127.0.0.1"
+    preview_port: int = Field(default=0, ge=0, le=65535)
+    preview_domain: str = "localhost"
+    # The scheme and port the URLs handed out carry (a TLS terminator in front changes both);
+    # 0 means preview_port.
+    preview_scheme: str = "http"
+    preview_url_port: int = Field(default=0, ge=0, le=65535)
+    # Signs preview tokens; derived from the internal token when empty.
+    preview_secret: SecretStr = SecretStr("")
 
 
 class GatewaySettings(ServiceSettings):

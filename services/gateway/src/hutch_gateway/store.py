@@ -21,7 +21,7 @@ CHANNEL = "hutch_sandbox"
 
 _COLUMNS = (
     "id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, timeout_seconds, region, "
-    "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation"
+    "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation, expires_at, public_ports"
 )
 
 
@@ -45,10 +45,12 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         isolation=row["isolation"],
+        expires_at=row["expires_at"],
+        public_ports=tuple(row["public_ports"]),
     )
 
 
-async def notify(conn: asyncpg.Connection, sandbox_id: str) -> None:
+async def notify(conn: asyncpg.Connection | asyncpg.Pool, sandbox_id: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, sandbox_id)
 
 
@@ -216,6 +218,10 @@ async def set_state(
                error_code = CASE WHEN $5 <> '' THEN $5 ELSE error_code END,
                state_reason = CASE WHEN $6 <> '' THEN $6 ELSE state_reason END,
                started_at = COALESCE($7, started_at),
+               expires_at = CASE
+                   WHEN $7::timestamptz IS NOT NULL AND timeout_seconds > 0
+                   THEN $7::timestamptz + make_interval(secs => timeout_seconds)
+                   ELSE expires_at END,
                ended_at = CASE WHEN $2 IN ('killed', 'failed') THEN now() ELSE ended_at END
            WHERE id = $1 AND state = ANY($3::text[])
            RETURNING {_COLUMNS}""",
@@ -235,3 +241,34 @@ async def set_state(
 
 async def set_node(conn: asyncpg.Connection, sandbox_id: str, node_id: str) -> None:
     await conn.execute("UPDATE sandboxes SET node_id = $2 WHERE id = $1 AND node_id IS NULL", sandbox_id, node_id)
+
+
+async def set_expiry(conn: asyncpg.Connection, sandbox_id: str, timeout_seconds: int) -> SandboxRecord | None:
+    """Sets a running sandbox's timeout, counted from now (0: none); None if it is not running."""
+    row = await conn.fetchrow(
+        f"""UPDATE sandboxes SET
+               timeout_seconds = $2,
+               expires_at = CASE WHEN $2 > 0 THEN now() + make_interval(secs => $2) ELSE NULL END
+           WHERE id = $1 AND state = 'running'
+           RETURNING {_COLUMNS}""",
+        sandbox_id,
+        timeout_seconds,
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def set_port_visibility(db: asyncpg.Pool, sandbox_id: str, port: int, public: bool) -> SandboxRecord:
+    row = await db.fetchrow(
+        f"""UPDATE sandboxes SET public_ports = CASE
+               WHEN $3 THEN (SELECT array_agg(DISTINCT p ORDER BY p) FROM unnest(public_ports || $2::int) p)
+               ELSE array_remove(public_ports, $2::int) END
+           WHERE id = $1 RETURNING {_COLUMNS}""",
+        sandbox_id,
+        port,
+        public,
+    )
+    await notify(db, sandbox_id)
+    return _record(row)

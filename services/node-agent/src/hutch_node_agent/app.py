@@ -35,7 +35,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
                 changed.set()
 
-            node = await assemble(options, on_stopped)
+            node = await assemble(options, on_stopped, node_events.timeout_warning)
             for ended in await node.manager.recover():
                 await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
 

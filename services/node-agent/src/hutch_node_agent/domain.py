@@ -52,6 +52,8 @@ class LocalSandbox:
     workdir: str
     init_pid: int = 0
     started_at: datetime | None = None
+    # When its timeout kills it; None: it lives until killed.
+    deadline: datetime | None = None
 
     @property
     def id(self) -> str:
@@ -66,11 +68,13 @@ class LocalSandbox:
             "workdir": self.workdir,
             "init_pid": self.init_pid,
             "started_at": self.started_at.isoformat() if self.started_at else None,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
         }
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> LocalSandbox:
         started = data.get("started_at")
+        deadline = data.get("deadline")
         return cls(
             request=SandboxRequest(**data["request"]),
             status=data["status"],
@@ -79,4 +83,5 @@ class LocalSandbox:
             workdir=data["workdir"],
             init_pid=data.get("init_pid", 0),
             started_at=datetime.fromisoformat(started) if started else None,
+            deadline=datetime.fromisoformat(deadline) if deadline else None,
         )

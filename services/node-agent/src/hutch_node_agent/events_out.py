@@ -56,3 +56,10 @@ class NodeEvents:
             sandbox_id=sandbox_id, node_id=self._node_id, reason=reason, stopped_at=_timestamp()
         )
         await self._publish(events.SANDBOX_STOPPED, f"{sandbox_id}.stopped", tenant_id, sandbox_id, payload)
+
+    async def timeout_warning(self, sandbox: LocalSandbox, fires_at: datetime) -> None:
+        payload = ev.SandboxTimeoutWarning(sandbox_id=sandbox.id, fires_at=_timestamp(fires_at))
+        await self._publish(
+            events.SANDBOX_TIMEOUT_WARNING, f"{sandbox.id}.warn.{int(fires_at.timestamp())}",
+            sandbox.request.tenant_id, sandbox.id, payload,
+        )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC
 from typing import cast
 
 from google.protobuf.message import Message
@@ -31,6 +32,13 @@ class CommandHandler:
             await self._create(command.create)
         elif which == "kill":
             await self._kill(command.kill, envelope.tenant)
+        elif which == "set_deadline":
+            change = command.set_deadline
+            deadline = change.deadline.ToDatetime(tzinfo=UTC) if change.HasField("deadline") else None
+            try:
+                await self._manager.set_deadline(change.sandbox_id, deadline)
+            except errors.HutchError as exc:  # gone meanwhile: nothing left to time out
+                log.info("deadline of %s not changed: %s", change.sandbox_id, exc.message)
         else:
             log.error("ignoring a node command without a known body (%s)", which)
         self._changed.set()

@@ -14,7 +14,7 @@ from hutch_node_agent.layout import NodeLayout
 from hutch_node_agent.network import SandboxNetworks
 from hutch_node_agent.quota import DiskQuotas
 from hutch_node_agent.runtime import OciRuntime, node_runtimes
-from hutch_node_agent.sandboxes import SandboxManager, StoppedCallback
+from hutch_node_agent.sandboxes import SandboxManager, StoppedCallback, WarningCallback
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor.bundle import build_runtime
 
@@ -44,7 +44,9 @@ class Node:
             await self.quotas.detach()
 
 
-async def assemble(options: NodeOptions, on_stopped: StoppedCallback) -> Node:
+async def assemble(
+    options: NodeOptions, on_stopped: StoppedCallback, on_timeout_warning: WarningCallback | None = None
+) -> Node:
     host.check_host()
     if options.userns_shift:
         options.root_dir.mkdir(parents=True, exist_ok=True)
@@ -64,5 +66,7 @@ async def assemble(options: NodeOptions, on_stopped: StoppedCallback) -> Node:
     await networks.setup()
     supervisor = await asyncio.to_thread(build_runtime, layout.runtime_cache)
     runtimes = node_runtimes(layout.root)
-    manager = SandboxManager(options, layout, runtimes, store, supervisor, on_stopped, networks, quotas)
+    manager = SandboxManager(
+        options, layout, runtimes, store, supervisor, on_stopped, networks, quotas, on_timeout_warning
+    )
     return Node(options, layout, manager, store, runtimes, networks, quotas)

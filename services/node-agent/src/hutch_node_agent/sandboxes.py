@@ -14,7 +14,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hutch.core import errors, telemetry
@@ -32,6 +32,14 @@ from hutch_node_agent.templates import TemplateStore
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("hutch.node_agent")
 
+# Called a little before a sandbox's timeout fires, with when it fires.
+WarningCallback = Callable[[LocalSandbox, datetime], Awaitable[None]]
+
+
+async def _no_warning(sandbox: LocalSandbox, fires_at: datetime) -> None:
+    return None
+
+
 # Called once when a sandbox that was running has stopped, with the reason ("killed", "timeout",
 # "exited"); the node-agent publishes the stopped event from it.
 StoppedCallback = Callable[[LocalSandbox, str], Awaitable[None]]
@@ -48,6 +56,7 @@ class SandboxManager:
         on_stopped: StoppedCallback,
         networks: SandboxNetworks | None = None,
         quotas: DiskQuotas | None = None,
+        on_timeout_warning: WarningCallback | None = None,
     ) -> None:
         self._options = options
         self._networks = networks
@@ -57,10 +66,11 @@ class SandboxManager:
         self._templates = templates
         self._supervisor = supervisor
         self._on_stopped = on_stopped
+        self._on_timeout_warning = on_timeout_warning or _no_warning
         self._sandboxes: dict[str, LocalSandbox] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._watchers: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, list[asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- queries ---------------------------------------------------------------------------
@@ -183,6 +193,8 @@ class SandboxManager:
             await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
         sandbox.status = "running"
         sandbox.started_at = datetime.now(UTC)
+        if sandbox.request.timeout_seconds:
+            sandbox.deadline = sandbox.started_at + timedelta(seconds=sandbox.request.timeout_seconds)
         self._save(sandbox, paths)
         self._watch(sandbox)
 
@@ -285,21 +297,41 @@ class SandboxManager:
             return
         self._watchers[sandbox.id] = fd
         loop.add_reader(fd, lambda: self._spawn(self._ended_by_itself(sandbox.id)))
-        timeout = sandbox.request.timeout_seconds
-        if timeout and sandbox.started_at is not None:
-            remaining = timeout - (datetime.now(UTC) - sandbox.started_at).total_seconds()
-            self._timers[sandbox.id] = loop.call_later(
-                max(0.0, remaining), lambda: self._spawn(self.kill(sandbox.id, "timeout"), discard=True)
-            )
+        self._schedule_deadline(sandbox)
+
+    def _schedule_deadline(self, sandbox: LocalSandbox) -> None:
+        """Arms the sandbox's timeout: a warning a little before, then the kill."""
+        self._cancel_timers(sandbox.id)
+        if sandbox.deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = (sandbox.deadline - datetime.now(UTC)).total_seconds()
+        # At most a tenth of what is left, so that a short timeout still warns before it fires.
+        lead = min(self._options.timeout_warning_s, remaining / 10)
+        timers = [loop.call_later(max(0.0, remaining), lambda: self._spawn(self.kill(sandbox.id, "timeout")))]
+        if lead > 0:
+            warn = self._on_timeout_warning(sandbox, sandbox.deadline)
+            timers.append(loop.call_later(remaining - lead, lambda: self._spawn(warn)))
+        self._timers[sandbox.id] = timers
+
+    async def set_deadline(self, sandbox_id: str, deadline: datetime | None) -> None:
+        """Replaces when the sandbox's timeout fires (None: it lives until killed)."""
+        async with self._locks[sandbox_id]:
+            sandbox = self.running(sandbox_id)
+            sandbox.deadline = deadline
+            self._save(sandbox, self._layout.sandbox(sandbox_id))
+            self._schedule_deadline(sandbox)
+
+    def _cancel_timers(self, sandbox_id: str) -> None:
+        for timer in self._timers.pop(sandbox_id, []):
+            timer.cancel()
 
     def _unwatch(self, sandbox_id: str) -> None:
         fd = self._watchers.pop(sandbox_id, None)
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
-        timer = self._timers.pop(sandbox_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._cancel_timers(sandbox_id)
 
     def _spawn(self, coro: Awaitable[object], discard: bool = False) -> None:
         async def run() -> None:

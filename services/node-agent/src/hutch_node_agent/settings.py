@@ -67,6 +67,9 @@ class NodeOptions(BaseModel):
     max_template_unpacked_bytes: int = Field(default=64 * 1024**3, gt=0)
     # Longest wait for a new sandbox's supervisor to answer.
     start_timeout_s: float = Field(default=30.0, gt=0)
+    # How long before a sandbox's timeout fires the node publishes sandbox.timeout_warning (at most
+    # a tenth of the timeout, so short timeouts still warn before they fire).
+    timeout_warning_s: float = Field(default=60.0, ge=0)
     pids_limit: int = Field(default=1024, ge=16)
     open_files_limit: int = Field(default=4096, ge=64)
     # Most a sandbox may write into its own root filesystem (data and metadata), in MiB; writes past

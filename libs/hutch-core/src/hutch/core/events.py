@@ -51,6 +51,7 @@ SANDBOX_STARTED: Final = EventKind("sandbox.started", sandbox_pb2.SandboxStarted
 SANDBOX_FAILED: Final = EventKind("sandbox.failed", sandbox_pb2.SandboxFailed)
 SANDBOX_STOPPED: Final = EventKind("sandbox.stopped", sandbox_pb2.SandboxStopped)
 SANDBOX_KILL_REQUESTED: Final = EventKind("sandbox.kill_requested", sandbox_pb2.SandboxKillRequested)
+SANDBOX_TIMEOUT_WARNING: Final = EventKind("sandbox.timeout_warning", sandbox_pb2.SandboxTimeoutWarning)
 NODE_COMMAND: Final = EventKind("node.command", node_pb2.NodeCommand)
 
 CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
@@ -62,6 +63,7 @@ CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
         SANDBOX_FAILED,
         SANDBOX_STOPPED,
         SANDBOX_KILL_REQUESTED,
+        SANDBOX_TIMEOUT_WARNING,
         NODE_COMMAND,
     )
 }

@@ -40,12 +40,14 @@ class StackError(RuntimeError):
 
 def default_ports() -> dict[str, int]:
     """The port of every component when nothing else is asked for."""
-    return {**SERVER_PORTS, **{spec.name: spec.default_port for spec in SERVICES}}
+    extra = {name: port for spec in SERVICES for name, port in spec.extra_ports}
+    return {**SERVER_PORTS, **{spec.name: spec.default_port for spec in SERVICES}, **extra}
 
 
 def component_names() -> list[str]:
     """Every component the stack knows, servers first, in start order."""
-    return list(default_ports())
+    extra = {name for spec in SERVICES for name, _ in spec.extra_ports}
+    return [name for name in default_ports() if name not in extra]
 
 
 @dataclass(frozen=True)

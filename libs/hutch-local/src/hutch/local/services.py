@@ -49,10 +49,13 @@ def _no_settings(context: ServiceContext) -> dict[str, str]:
 
 def _gateway_settings(context: ServiceContext) -> dict[str, str]:
     # The gateway creates the dev tenant with this key on startup when it does not exist yet.
-    return {
+    settings = {
         "HUTCH_GATEWAY__BOOTSTRAP_API_KEY": context.secrets.api_key,
         "HUTCH_GATEWAY__BOOTSTRAP_TENANT": DEV_TENANT,
     }
+    if "preview" in context.ports:
+        settings["HUTCH_GATEWAY__PREVIEW_PORT"] = str(context.ports["preview"])
+    return settings
 
 
 def _node_agent_settings(context: ServiceContext) -> dict[str, str]:
@@ -73,6 +76,8 @@ class ServiceSpec:
     script: str
     default_port: int
     settings: Callable[[ServiceContext], dict[str, str]] = _no_settings
+    # Further ports the service listens on, by name (resolved like the others: 0 picks a free one).
+    extra_ports: tuple[tuple[str, int], ...] = ()
 
 
 # Started in this order and stopped in reverse: the gateway, the public entry point, starts last and
@@ -80,7 +85,8 @@ class ServiceSpec:
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("scheduler", "hutch-scheduler", 50052),
     ServiceSpec("node-agent", "hutch-node-agent", 50061, _node_agent_settings),
-    ServiceSpec("gateway", "hutch-gateway", 50051, _gateway_settings),
+    # The preview edge: HTTP to ports inside sandboxes (http://PORT-SANDBOX.localhost:50080/).
+    ServiceSpec("gateway", "hutch-gateway", 50051, _gateway_settings, extra_ports=(("preview", 50080),)),
 )
 
 

@@ -120,7 +120,8 @@ class Starter:
     def _resolve_ports(self, services: Sequence[str]) -> dict[str, int]:
         options = self.options
         external = {"nats": options.nats_url, "postgres": options.postgres_dsn, "s3": options.s3_endpoint}
-        names = [name for name in SERVER_PORTS if not external[name]] + list(services)
+        extra = [name for spec in SERVICES if spec.name in services for name, _ in spec.extra_ports]
+        names = [name for name in SERVER_PORTS if not external[name]] + list(services) + extra
         unknown = set(options.ports) - set(default_ports())
         if unknown:
             raise StackError(f"--port names unknown components: {', '.join(sorted(unknown))}")
@@ -268,7 +269,7 @@ class Starter:
             node_id=options.node_id,
             node_root_dir=options.node_root_dir,
             templates_dir=options.templates_dir,
-            ports={spec.name: ports[spec.name] for spec in SERVICES if spec.name in ports},
+            ports={name: port for name, port in ports.items() if name not in SERVER_PORTS},
         )
 
 

@@ -25,43 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hutch/v1/files.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x08\x46ileInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x04type\x18\x03 \x01(\x0e\x32\x12.hutch.v1.FileType\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0c\n\x04mode\x18\x05 \x01(\r\x12/\n\x0bmodified_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x07 \x01(\t\x12\r\n\x05group\x18\x08 \x01(\t\x12\x16\n\x0esymlink_target\x18\t \x01(\t\"0\n\x0fReadFileRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"O\n\x10ReadFileResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x12.hutch.v1.FileInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"Z\n\x0fWriteFileHeader\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\"\x0e\n\x0cWriteFileEnd\"\x7f\n\x10WriteFileRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.hutch.v1.WriteFileHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.hutch.v1.WriteFileEndH\x00\x42\x07\n\x05\x65vent\">\n\x0eListDirRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\r\"6\n\x0fListDirResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.hutch.v1.FileInfo\",\n\x0bStatRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"A\n\rRemoveRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"\x10\n\x0eRemoveResponse\"E\n\rRenameRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\"/\n\x0eMakeDirRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"D\n\x0fMakeDirResponse\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.hutch.v1.FileInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08*~\n\x08\x46ileType\x12\x19\n\x15\x46ILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ILE_TYPE_FILE\x10\x01\x12\x17\n\x13\x46ILE_TYPE_DIRECTORY\x10\x02\x12\x15\n\x11\x46ILE_TYPE_SYMLINK\x10\x03\x12\x13\n\x0f\x46ILE_TYPE_OTHER\x10\x04\x32\xa7\x03\n\x05\x46iles\x12?\n\x04Read\x12\x19.hutch.v1.ReadFileRequest\x1a\x1a.hutch.v1.ReadFileResponse0\x01\x12\x39\n\x05Write\x12\x1a.hutch.v1.WriteFileRequest\x1a\x12.hutch.v1.FileInfo(\x01\x12;\n\x04List\x12\x18.hutch.v1.ListDirRequest\x1a\x19.hutch.v1.ListDirResponse\x12\x31\n\x04Stat\x12\x15.hutch.v1.StatRequest\x1a\x12.hutch.v1.FileInfo\x12;\n\x06Remove\x12\x17.hutch.v1.RemoveRequest\x1a\x18.hutch.v1.RemoveResponse\x12\x35\n\x06Rename\x12\x17.hutch.v1.RenameRequest\x1a\x12.hutch.v1.FileInfo\x12>\n\x07MakeDir\x12\x18.hutch.v1.MakeDirRequest\x1a\x19.hutch.v1.MakeDirResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hutch/v1/files.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x08\x46ileInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x04type\x18\x03 \x01(\x0e\x32\x12.hutch.v1.FileType\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0c\n\x04mode\x18\x05 \x01(\r\x12/\n\x0bmodified_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x07 \x01(\t\x12\r\n\x05group\x18\x08 \x01(\t\x12\x16\n\x0esymlink_target\x18\t \x01(\t\x12\x0e\n\x06sha256\x18\n \x01(\t\"0\n\x0fReadFileRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"u\n\x10ReadFileResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x12.hutch.v1.FileInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.hutch.v1.ReadFileEndH\x00\x42\x07\n\x05\x65vent\"\x1d\n\x0bReadFileEnd\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"Z\n\x0fWriteFileHeader\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\"\x0e\n\x0cWriteFileEnd\"\x7f\n\x10WriteFileRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.hutch.v1.WriteFileHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.hutch.v1.WriteFileEndH\x00\x42\x07\n\x05\x65vent\">\n\x0eListDirRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\r\"6\n\x0fListDirResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.hutch.v1.FileInfo\",\n\x0bStatRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"A\n\rRemoveRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"\x10\n\x0eRemoveResponse\"E\n\rRenameRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\"/\n\x0eMakeDirRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"D\n\x0fMakeDirResponse\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.hutch.v1.FileInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"C\n\x0fWatchDirRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"n\n\x0f\x46ilesystemEvent\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.hutch.v1.FilesystemEventType\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06is_dir\x18\x03 \x01(\x08\x12\x10\n\x08old_path\x18\x04 \x01(\t*~\n\x08\x46ileType\x12\x19\n\x15\x46ILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ILE_TYPE_FILE\x10\x01\x12\x17\n\x13\x46ILE_TYPE_DIRECTORY\x10\x02\x12\x15\n\x11\x46ILE_TYPE_SYMLINK\x10\x03\x12\x13\n\x0f\x46ILE_TYPE_OTHER\x10\x04*\xe8\x01\n\x13\x46ilesystemEventType\x12%\n!FILESYSTEM_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x46ILESYSTEM_EVENT_TYPE_WATCHING\x10\x01\x12 \n\x1c\x46ILESYSTEM_EVENT_TYPE_CREATE\x10\x02\x12 \n\x1c\x46ILESYSTEM_EVENT_TYPE_MODIFY\x10\x03\x12 \n\x1c\x46ILESYSTEM_EVENT_TYPE_DELETE\x10\x04\x12 \n\x1c\x46ILESYSTEM_EVENT_TYPE_RENAME\x10\x05\x32\xe8\x03\n\x05\x46iles\x12?\n\x04Read\x12\x19.hutch.v1.ReadFileRequest\x1a\x1a.hutch.v1.ReadFileResponse0\x01\x12\x39\n\x05Write\x12\x1a.hutch.v1.WriteFileRequest\x1a\x12.hutch.v1.FileInfo(\x01\x12;\n\x04List\x12\x18.hutch.v1.ListDirRequest\x1a\x19.hutch.v1.ListDirResponse\x12\x31\n\x04Stat\x12\x15.hutch.v1.StatRequest\x1a\x12.hutch.v1.FileInfo\x12;\n\x06Remove\x12\x17.hutch.v1.RemoveRequest\x1a\x18.hutch.v1.RemoveResponse\x12\x35\n\x06Rename\x12\x17.hutch.v1.RenameRequest\x1a\x12.hutch.v1.FileInfo\x12>\n\x07MakeDir\x12\x18.hutch.v1.MakeDirRequest\x1a\x19.hutch.v1.MakeDirResponse\x12?\n\x05Watch\x12\x19.hutch.v1.WatchDirRequest\x1a\x19.hutch.v1.FilesystemEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hutch.v1.files_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FILETYPE']._serialized_start=1082
-  _globals['_FILETYPE']._serialized_end=1208
+  _globals['_FILETYPE']._serialized_start=1348
+  _globals['_FILETYPE']._serialized_end=1474
+  _globals['_FILESYSTEMEVENTTYPE']._serialized_start=1477
+  _globals['_FILESYSTEMEVENTTYPE']._serialized_end=1709
   _globals['_FILEINFO']._serialized_start=68
-  _globals['_FILEINFO']._serialized_end=271
-  _globals['_READFILEREQUEST']._serialized_start=273
-  _globals['_READFILEREQUEST']._serialized_end=321
-  _globals['_READFILERESPONSE']._serialized_start=323
-  _globals['_READFILERESPONSE']._serialized_end=402
-  _globals['_WRITEFILEHEADER']._serialized_start=404
-  _globals['_WRITEFILEHEADER']._serialized_end=494
-  _globals['_WRITEFILEEND']._serialized_start=496
-  _globals['_WRITEFILEEND']._serialized_end=510
-  _globals['_WRITEFILEREQUEST']._serialized_start=512
-  _globals['_WRITEFILEREQUEST']._serialized_end=639
-  _globals['_LISTDIRREQUEST']._serialized_start=641
-  _globals['_LISTDIRREQUEST']._serialized_end=703
-  _globals['_LISTDIRRESPONSE']._serialized_start=705
-  _globals['_LISTDIRRESPONSE']._serialized_end=759
-  _globals['_STATREQUEST']._serialized_start=761
-  _globals['_STATREQUEST']._serialized_end=805
-  _globals['_REMOVEREQUEST']._serialized_start=807
-  _globals['_REMOVEREQUEST']._serialized_end=872
-  _globals['_REMOVERESPONSE']._serialized_start=874
-  _globals['_REMOVERESPONSE']._serialized_end=890
-  _globals['_RENAMEREQUEST']._serialized_start=892
-  _globals['_RENAMEREQUEST']._serialized_end=961
-  _globals['_MAKEDIRREQUEST']._serialized_start=963
-  _globals['_MAKEDIRREQUEST']._serialized_end=1010
-  _globals['_MAKEDIRRESPONSE']._serialized_start=1012
-  _globals['_MAKEDIRRESPONSE']._serialized_end=1080
-  _globals['_FILES']._serialized_start=1211
-  _globals['_FILES']._serialized_end=1634
+  _globals['_FILEINFO']._serialized_end=287
+  _globals['_READFILEREQUEST']._serialized_start=289
+  _globals['_READFILEREQUEST']._serialized_end=337
+  _globals['_READFILERESPONSE']._serialized_start=339
+  _globals['_READFILERESPONSE']._serialized_end=456
+  _globals['_READFILEEND']._serialized_start=458
+  _globals['_READFILEEND']._serialized_end=487
+  _globals['_WRITEFILEHEADER']._serialized_start=489
+  _globals['_WRITEFILEHEADER']._serialized_end=579
+  _globals['_WRITEFILEEND']._serialized_start=581
+  _globals['_WRITEFILEEND']._serialized_end=595
+  _globals['_WRITEFILEREQUEST']._serialized_start=597
+  _globals['_WRITEFILEREQUEST']._serialized_end=724
+  _globals['_LISTDIRREQUEST']._serialized_start=726
+  _globals['_LISTDIRREQUEST']._serialized_end=788
+  _globals['_LISTDIRRESPONSE']._serialized_start=790
+  _globals['_LISTDIRRESPONSE']._serialized_end=844
+  _globals['_STATREQUEST']._serialized_start=846
+  _globals['_STATREQUEST']._serialized_end=890
+  _globals['_REMOVEREQUEST']._serialized_start=892
+  _globals['_REMOVEREQUEST']._serialized_end=957
+  _globals['_REMOVERESPONSE']._serialized_start=959
+  _globals['_REMOVERESPONSE']._serialized_end=975
+  _globals['_RENAMEREQUEST']._serialized_start=977
+  _globals['_RENAMEREQUEST']._serialized_end=1046
+  _globals['_MAKEDIRREQUEST']._serialized_start=1048
+  _globals['_MAKEDIRREQUEST']._serialized_end=1095
+  _globals['_MAKEDIRRESPONSE']._serialized_start=1097
+  _globals['_MAKEDIRRESPONSE']._serialized_end=1165
+  _globals['_WATCHDIRREQUEST']._serialized_start=1167
+  _globals['_WATCHDIRREQUEST']._serialized_end=1234
+  _globals['_FILESYSTEMEVENT']._serialized_start=1236
+  _globals['_FILESYSTEMEVENT']._serialized_end=1346
+  _globals['_FILES']._serialized_start=1712
+  _globals['_FILES']._serialized_end=2200
 # @@protoc_insertion_point(module_scope)

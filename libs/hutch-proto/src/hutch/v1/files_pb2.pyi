@@ -41,6 +41,31 @@ FILE_TYPE_SYMLINK: FileType.ValueType  # 3
 FILE_TYPE_OTHER: FileType.ValueType  # 4
 Global___FileType: _TypeAlias = FileType  # noqa: Y015
 
+class _FilesystemEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FilesystemEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FilesystemEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILESYSTEM_EVENT_TYPE_UNSPECIFIED: _FilesystemEventType.ValueType  # 0
+    FILESYSTEM_EVENT_TYPE_WATCHING: _FilesystemEventType.ValueType  # 1
+    """Sent once, first: the watch is in place, later changes will be seen."""
+    FILESYSTEM_EVENT_TYPE_CREATE: _FilesystemEventType.ValueType  # 2
+    FILESYSTEM_EVENT_TYPE_MODIFY: _FilesystemEventType.ValueType  # 3
+    FILESYSTEM_EVENT_TYPE_DELETE: _FilesystemEventType.ValueType  # 4
+    FILESYSTEM_EVENT_TYPE_RENAME: _FilesystemEventType.ValueType  # 5
+
+class FilesystemEventType(_FilesystemEventType, metaclass=_FilesystemEventTypeEnumTypeWrapper): ...
+
+FILESYSTEM_EVENT_TYPE_UNSPECIFIED: FilesystemEventType.ValueType  # 0
+FILESYSTEM_EVENT_TYPE_WATCHING: FilesystemEventType.ValueType  # 1
+"""Sent once, first: the watch is in place, later changes will be seen."""
+FILESYSTEM_EVENT_TYPE_CREATE: FilesystemEventType.ValueType  # 2
+FILESYSTEM_EVENT_TYPE_MODIFY: FilesystemEventType.ValueType  # 3
+FILESYSTEM_EVENT_TYPE_DELETE: FilesystemEventType.ValueType  # 4
+FILESYSTEM_EVENT_TYPE_RENAME: FilesystemEventType.ValueType  # 5
+Global___FilesystemEventType: _TypeAlias = FilesystemEventType  # noqa: Y015
+
 @_typing.final
 class FileInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -54,6 +79,7 @@ class FileInfo(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     SYMLINK_TARGET_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Absolute path inside the sandbox."""
     name: _builtins.str
@@ -65,6 +91,8 @@ class FileInfo(_message.Message):
     group: _builtins.str
     symlink_target: _builtins.str
     """Where a symbolic link points, as stored in the link."""
+    sha256: _builtins.str
+    """SHA-256 (hex) of the bytes written, on a Write's answer."""
     @_builtins.property
     def modified_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -79,10 +107,11 @@ class FileInfo(_message.Message):
         owner: _builtins.str = ...,
         group: _builtins.str = ...,
         symlink_target: _builtins.str = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["modified_at", b"modified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "mode", b"mode", "modified_at", b"modified_at", "name", b"name", "owner", b"owner", "path", b"path", "size", b"size", "symlink_target", b"symlink_target", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "mode", b"mode", "modified_at", b"modified_at", "name", b"name", "owner", b"owner", "path", b"path", "sha256", b"sha256", "size", b"size", "symlink_target", b"symlink_target", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,24 +145,49 @@ class ReadFileResponse(_message.Message):
 
     INFO_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     @_builtins.property
     def info(self) -> Global___FileInfo: ...
+    @_builtins.property
+    def end(self) -> Global___ReadFileEnd:
+        """The last message: a checksum of every byte sent, to check the download against."""
+
     def __init__(
         self,
         *,
         info: Global___FileInfo | None = ...,
         data: _builtins.bytes = ...,
+        end: Global___ReadFileEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event", b"event", "info", b"info"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "end", b"end", "event", b"event", "info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event", b"event", "info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "end", b"end", "event", b"event", "info", b"info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["info", "data"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["info", "data", "end"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ReadFileResponse: _TypeAlias = ReadFileResponse  # noqa: Y015
+
+@_typing.final
+class ReadFileEnd(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFileEnd: _TypeAlias = ReadFileEnd  # noqa: Y015
 
 @_typing.final
 class WriteFileHeader(_message.Message):
@@ -396,3 +450,58 @@ class MakeDirResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MakeDirResponse: _TypeAlias = MakeDirResponse  # noqa: Y015
+
+@_typing.final
+class WatchDirRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    path: _builtins.str
+    recursive: _builtins.bool
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        path: _builtins.str = ...,
+        recursive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "recursive", b"recursive", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDirRequest: _TypeAlias = WatchDirRequest  # noqa: Y015
+
+@_typing.final
+class FilesystemEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    IS_DIR_FIELD_NUMBER: _builtins.int
+    OLD_PATH_FIELD_NUMBER: _builtins.int
+    type: Global___FilesystemEventType.ValueType
+    path: _builtins.str
+    """Absolute path inside the sandbox; for a rename, the new one."""
+    is_dir: _builtins.bool
+    old_path: _builtins.str
+    """For a rename: where it was."""
+    def __init__(
+        self,
+        *,
+        type: Global___FilesystemEventType.ValueType = ...,
+        path: _builtins.str = ...,
+        is_dir: _builtins.bool = ...,
+        old_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_dir", b"is_dir", "old_path", b"old_path", "path", b"path", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FilesystemEvent: _TypeAlias = FilesystemEvent  # noqa: Y015

@@ -71,6 +71,11 @@ class FilesStub:
                 request_serializer=hutch_dot_v1_dot_files__pb2.MakeDirRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_files__pb2.MakeDirResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/hutch.v1.Files/Watch',
+                request_serializer=hutch_dot_v1_dot_files__pb2.WatchDirRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_files__pb2.FilesystemEvent.FromString,
+                _registered_method=True)
 
 
 class FilesServicer:
@@ -124,6 +129,14 @@ class FilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Streams changes under a directory: first one `watching` event once the watch is in place,
+        then create/modify/delete/rename events as they happen, until the caller ends the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FilesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +174,11 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.MakeDir,
                     request_deserializer=hutch_dot_v1_dot_files__pb2.MakeDirRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_files__pb2.MakeDirResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=hutch_dot_v1_dot_files__pb2.WatchDirRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_files__pb2.FilesystemEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class Files:
             '/hutch.v1.Files/MakeDir',
             hutch_dot_v1_dot_files__pb2.MakeDirRequest.SerializeToString,
             hutch_dot_v1_dot_files__pb2.MakeDirResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hutch.v1.Files/Watch',
+            hutch_dot_v1_dot_files__pb2.WatchDirRequest.SerializeToString,
+            hutch_dot_v1_dot_files__pb2.FilesystemEvent.FromString,
             options,
             channel_credentials,
             insecure,

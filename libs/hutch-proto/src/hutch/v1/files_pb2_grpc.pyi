@@ -47,6 +47,10 @@ class FilesStub:
     Remove: _grpc.UnaryUnaryMultiCallable[_files_pb2.RemoveRequest, _files_pb2.RemoveResponse]
     Rename: _grpc.UnaryUnaryMultiCallable[_files_pb2.RenameRequest, _files_pb2.FileInfo]
     MakeDir: _grpc.UnaryUnaryMultiCallable[_files_pb2.MakeDirRequest, _files_pb2.MakeDirResponse]
+    Watch: _grpc.UnaryStreamMultiCallable[_files_pb2.WatchDirRequest, _files_pb2.FilesystemEvent]
+    """Streams changes under a directory: first one `watching` event once the watch is in place,
+    then create/modify/delete/rename events as they happen, until the caller ends the call.
+    """
 
 @_typing.type_check_only
 class FilesAsyncStub(FilesStub):
@@ -67,6 +71,10 @@ class FilesAsyncStub(FilesStub):
     Remove: _aio.UnaryUnaryMultiCallable[_files_pb2.RemoveRequest, _files_pb2.RemoveResponse]  # type: ignore[assignment]
     Rename: _aio.UnaryUnaryMultiCallable[_files_pb2.RenameRequest, _files_pb2.FileInfo]  # type: ignore[assignment]
     MakeDir: _aio.UnaryUnaryMultiCallable[_files_pb2.MakeDirRequest, _files_pb2.MakeDirResponse]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_files_pb2.WatchDirRequest, _files_pb2.FilesystemEvent]  # type: ignore[assignment]
+    """Streams changes under a directory: first one `watching` event once the watch is in place,
+    then create/modify/delete/rename events as they happen, until the caller ends the call.
+    """
 
 class FilesServicer(metaclass=_abc_1.ABCMeta):
     """Files: the sandbox's filesystem. Paths are resolved inside the sandbox, so "..", and symbolic
@@ -126,5 +134,15 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request: _files_pb2.MakeDirRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.MakeDirResponse, _abc.Awaitable[_files_pb2.MakeDirResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _files_pb2.WatchDirRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_files_pb2.FilesystemEvent], _abc.AsyncIterator[_files_pb2.FilesystemEvent]]:
+        """Streams changes under a directory: first one `watching` event once the watch is in place,
+        then create/modify/delete/rename events as they happen, until the caller ends the call.
+        """
 
 def add_FilesServicer_to_server(servicer: FilesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -50,6 +51,9 @@ class ProcessConfig(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    BUFFER_BYTES_FIELD_NUMBER: _builtins.int
+    PTY_FIELD_NUMBER: _builtins.int
     sandbox: _builtins.str
     """Sandbox id or name."""
     cmd: _builtins.str
@@ -62,12 +66,21 @@ class ProcessConfig(_message.Message):
     """0: no limit. On expiry the process group is killed and exited.timed_out is set."""
     stdin: _builtins.bool
     """When false, the process's stdin is /dev/null and stdin requests are refused."""
+    background: _builtins.bool
+    """Keep running when this call ends; reach it again with Connect. Its output is kept in a ring
+    buffer of buffer_bytes (256 KiB when 0, at most 4 MiB).
+    """
+    buffer_bytes: _builtins.int
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """An argv run directly, without a shell."""
 
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def pty(self) -> Global___TerminalSize:
+        """Run under a pseudo-terminal of this size: a terminal (always in the background)."""
+
     def __init__(
         self,
         *,
@@ -79,14 +92,40 @@ class ProcessConfig(_message.Message):
         user: _builtins.str = ...,
         timeout_ms: _builtins.int = ...,
         stdin: _builtins.bool = ...,
+        background: _builtins.bool = ...,
+        buffer_bytes: _builtins.int = ...,
+        pty: Global___TerminalSize | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pty", b"pty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cmd", b"cmd", "cwd", b"cwd", "envs", b"envs", "sandbox", b"sandbox", "stdin", b"stdin", "timeout_ms", b"timeout_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "background", b"background", "buffer_bytes", b"buffer_bytes", "cmd", b"cmd", "cwd", b"cwd", "envs", b"envs", "pty", b"pty", "sandbox", b"sandbox", "stdin", b"stdin", "timeout_ms", b"timeout_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessConfig: _TypeAlias = ProcessConfig  # noqa: Y015
+
+@_typing.final
+class TerminalSize(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    cols: _builtins.int
+    """1 to 1000 each."""
+    rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        cols: _builtins.int = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cols", b"cols", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminalSize: _TypeAlias = TerminalSize  # noqa: Y015
 
 @_typing.final
 class Signal(_message.Message):
@@ -116,6 +155,7 @@ class RunRequest(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     CLOSE_STDIN_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
     stdin: _builtins.bytes
     close_stdin: _builtins.bool
     """Closes the process's stdin (end of file)."""
@@ -123,6 +163,10 @@ class RunRequest(_message.Message):
     def start(self) -> Global___ProcessConfig: ...
     @_builtins.property
     def signal(self) -> Global___Signal: ...
+    @_builtins.property
+    def resize(self) -> Global___TerminalSize:
+        """For a terminal: the new window size (the process gets SIGWINCH)."""
+
     def __init__(
         self,
         *,
@@ -130,12 +174,13 @@ class RunRequest(_message.Message):
         stdin: _builtins.bytes = ...,
         close_stdin: _builtins.bool = ...,
         signal: Global___Signal | None = ...,
+        resize: Global___TerminalSize | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_stdin", b"close_stdin", "event", b"event", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_stdin", b"close_stdin", "event", b"event", "resize", b"resize", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_stdin", b"close_stdin", "event", b"event", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_stdin", b"close_stdin", "event", b"event", "resize", b"resize", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "stdin", "close_stdin", "signal"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "stdin", "close_stdin", "signal", "resize"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -146,15 +191,19 @@ class ProcessStarted(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PID_FIELD_NUMBER: _builtins.int
+    DROPPED_BYTES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
+    dropped_bytes: _builtins.int
+    """On Connect: output that no longer fit the ring buffer and is not replayed."""
     def __init__(
         self,
         *,
         pid: _builtins.int = ...,
+        dropped_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_bytes", b"dropped_bytes", "pid", b"pid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -218,3 +267,242 @@ class RunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
+
+@_typing.final
+class AttachProcess(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    pid: _builtins.int
+    replay: _builtins.bool
+    """Send the buffered output first (default true in the SDK)."""
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        replay: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "replay", b"replay", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachProcess: _TypeAlias = AttachProcess  # noqa: Y015
+
+@_typing.final
+class ConnectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACH_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    CLOSE_STDIN_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
+    stdin: _builtins.bytes
+    close_stdin: _builtins.bool
+    @_builtins.property
+    def attach(self) -> Global___AttachProcess: ...
+    @_builtins.property
+    def signal(self) -> Global___Signal: ...
+    @_builtins.property
+    def resize(self) -> Global___TerminalSize: ...
+    def __init__(
+        self,
+        *,
+        attach: Global___AttachProcess | None = ...,
+        stdin: _builtins.bytes = ...,
+        close_stdin: _builtins.bool = ...,
+        signal: Global___Signal | None = ...,
+        resize: Global___TerminalSize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "close_stdin", b"close_stdin", "event", b"event", "resize", b"resize", "signal", b"signal", "stdin", b"stdin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "close_stdin", b"close_stdin", "event", b"event", "resize", b"resize", "signal", b"signal", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["attach", "stdin", "close_stdin", "signal", "resize"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class ListProcessesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProcessesRequest: _TypeAlias = ListProcessesRequest  # noqa: Y015
+
+@_typing.final
+class ProcessInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    CMD_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    CWD_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    PTY_FIELD_NUMBER: _builtins.int
+    DROPPED_BYTES_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
+    cmd: _builtins.str
+    user: _builtins.str
+    cwd: _builtins.str
+    running: _builtins.bool
+    exit_code: _builtins.int
+    """Set once it exited: as in ProcessExited."""
+    signal: _builtins.int
+    pty: _builtins.bool
+    dropped_bytes: _builtins.int
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The argv it runs; for a shell command line, also `cmd`."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        pid: _builtins.int = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        cmd: _builtins.str = ...,
+        user: _builtins.str = ...,
+        cwd: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        running: _builtins.bool = ...,
+        exit_code: _builtins.int = ...,
+        signal: _builtins.int = ...,
+        pty: _builtins.bool = ...,
+        dropped_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cmd", b"cmd", "cwd", b"cwd", "dropped_bytes", b"dropped_bytes", "exit_code", b"exit_code", "pid", b"pid", "pty", b"pty", "running", b"running", "signal", b"signal", "started_at", b"started_at", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProcessInfo: _TypeAlias = ProcessInfo  # noqa: Y015
+
+@_typing.final
+class ListProcessesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessInfo]: ...
+    def __init__(
+        self,
+        *,
+        processes: _abc.Iterable[Global___ProcessInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["processes", b"processes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProcessesResponse: _TypeAlias = ListProcessesResponse  # noqa: Y015
+
+@_typing.final
+class SendSignalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    pid: _builtins.int
+    signal: _builtins.int
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        signal: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "sandbox", b"sandbox", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendSignalRequest: _TypeAlias = SendSignalRequest  # noqa: Y015
+
+@_typing.final
+class SendSignalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendSignalResponse: _TypeAlias = SendSignalResponse  # noqa: Y015
+
+@_typing.final
+class SendStdinRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    pid: _builtins.int
+    data: _builtins.bytes
+    eof: _builtins.bool
+    """Close the process's stdin after `data`."""
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "pid", b"pid", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendStdinRequest: _TypeAlias = SendStdinRequest  # noqa: Y015
+
+@_typing.final
+class SendStdinResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendStdinResponse: _TypeAlias = SendStdinResponse  # noqa: Y015

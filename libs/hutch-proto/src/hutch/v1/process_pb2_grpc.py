@@ -40,6 +40,26 @@ class ProcessesStub:
                 request_serializer=hutch_dot_v1_dot_process__pb2.RunRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/hutch.v1.Processes/Connect',
+                request_serializer=hutch_dot_v1_dot_process__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/hutch.v1.Processes/List',
+                request_serializer=hutch_dot_v1_dot_process__pb2.ListProcessesRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.ListProcessesResponse.FromString,
+                _registered_method=True)
+        self.SendSignal = channel.unary_unary(
+                '/hutch.v1.Processes/SendSignal',
+                request_serializer=hutch_dot_v1_dot_process__pb2.SendSignalRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.SendSignalResponse.FromString,
+                _registered_method=True)
+        self.SendStdin = channel.unary_unary(
+                '/hutch.v1.Processes/SendStdin',
+                request_serializer=hutch_dot_v1_dot_process__pb2.SendStdinRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.SendStdinResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessesServicer:
@@ -47,9 +67,38 @@ class ProcessesServicer:
     """
 
     def Run(self, request_iterator, context):
-        """The first request carries ProcessConfig; later ones carry stdin or signals.
+        """The first request carries ProcessConfig; later ones carry stdin, signals or terminal sizes.
         Responses: started, then stdout/stderr chunks in the order produced, then exited.
+        A foreground process belongs to its call and is killed if the caller goes away; a background
+        process (or a terminal) keeps running and can be reached again with Connect.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connect(self, request_iterator, context):
+        """Re-attaches to a background process or terminal: replays its buffered output, then follows it
+        live. The first request is `attach`; later ones carry stdin, signals or terminal sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Background processes and terminals, running and recently finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSignal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendStdin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -61,6 +110,26 @@ def add_ProcessesServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=hutch_dot_v1_dot_process__pb2.RunRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_process__pb2.RunResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.ConnectRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.RunResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.ListProcessesRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.ListProcessesResponse.SerializeToString,
+            ),
+            'SendSignal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendSignal,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.SendSignalRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.SendSignalResponse.SerializeToString,
+            ),
+            'SendStdin': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendStdin,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.SendStdinRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.SendStdinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +160,114 @@ class Processes:
             '/hutch.v1.Processes/Run',
             hutch_dot_v1_dot_process__pb2.RunRequest.SerializeToString,
             hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hutch.v1.Processes/Connect',
+            hutch_dot_v1_dot_process__pb2.ConnectRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Processes/List',
+            hutch_dot_v1_dot_process__pb2.ListProcessesRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.ListProcessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSignal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Processes/SendSignal',
+            hutch_dot_v1_dot_process__pb2.SendSignalRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.SendSignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendStdin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Processes/SendStdin',
+            hutch_dot_v1_dot_process__pb2.SendStdinRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.SendStdinResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,9 +34,19 @@ class ProcessesStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProcessesAsyncStub: ...
     Run: _grpc.StreamStreamMultiCallable[_process_pb2.RunRequest, _process_pb2.RunResponse]
-    """The first request carries ProcessConfig; later ones carry stdin or signals.
+    """The first request carries ProcessConfig; later ones carry stdin, signals or terminal sizes.
     Responses: started, then stdout/stderr chunks in the order produced, then exited.
+    A foreground process belongs to its call and is killed if the caller goes away; a background
+    process (or a terminal) keeps running and can be reached again with Connect.
     """
+    Connect: _grpc.StreamStreamMultiCallable[_process_pb2.ConnectRequest, _process_pb2.RunResponse]
+    """Re-attaches to a background process or terminal: replays its buffered output, then follows it
+    live. The first request is `attach`; later ones carry stdin, signals or terminal sizes.
+    """
+    List: _grpc.UnaryUnaryMultiCallable[_process_pb2.ListProcessesRequest, _process_pb2.ListProcessesResponse]
+    """Background processes and terminals, running and recently finished."""
+    SendSignal: _grpc.UnaryUnaryMultiCallable[_process_pb2.SendSignalRequest, _process_pb2.SendSignalResponse]
+    SendStdin: _grpc.UnaryUnaryMultiCallable[_process_pb2.SendStdinRequest, _process_pb2.SendStdinResponse]
 
 @_typing.type_check_only
 class ProcessesAsyncStub(ProcessesStub):
@@ -44,9 +54,19 @@ class ProcessesAsyncStub(ProcessesStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Run: _aio.StreamStreamMultiCallable[_process_pb2.RunRequest, _process_pb2.RunResponse]  # type: ignore[assignment]
-    """The first request carries ProcessConfig; later ones carry stdin or signals.
+    """The first request carries ProcessConfig; later ones carry stdin, signals or terminal sizes.
     Responses: started, then stdout/stderr chunks in the order produced, then exited.
+    A foreground process belongs to its call and is killed if the caller goes away; a background
+    process (or a terminal) keeps running and can be reached again with Connect.
     """
+    Connect: _aio.StreamStreamMultiCallable[_process_pb2.ConnectRequest, _process_pb2.RunResponse]  # type: ignore[assignment]
+    """Re-attaches to a background process or terminal: replays its buffered output, then follows it
+    live. The first request is `attach`; later ones carry stdin, signals or terminal sizes.
+    """
+    List: _aio.UnaryUnaryMultiCallable[_process_pb2.ListProcessesRequest, _process_pb2.ListProcessesResponse]  # type: ignore[assignment]
+    """Background processes and terminals, running and recently finished."""
+    SendSignal: _aio.UnaryUnaryMultiCallable[_process_pb2.SendSignalRequest, _process_pb2.SendSignalResponse]  # type: ignore[assignment]
+    SendStdin: _aio.UnaryUnaryMultiCallable[_process_pb2.SendStdinRequest, _process_pb2.SendStdinResponse]  # type: ignore[assignment]
 
 class ProcessesServicer(metaclass=_abc_1.ABCMeta):
     """Processes: run commands inside a sandbox."""
@@ -57,8 +77,42 @@ class ProcessesServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_process_pb2.RunRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_process_pb2.RunResponse], _abc.AsyncIterator[_process_pb2.RunResponse]]:
-        """The first request carries ProcessConfig; later ones carry stdin or signals.
+        """The first request carries ProcessConfig; later ones carry stdin, signals or terminal sizes.
         Responses: started, then stdout/stderr chunks in the order produced, then exited.
+        A foreground process belongs to its call and is killed if the caller goes away; a background
+        process (or a terminal) keeps running and can be reached again with Connect.
         """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_process_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_process_pb2.RunResponse], _abc.AsyncIterator[_process_pb2.RunResponse]]:
+        """Re-attaches to a background process or terminal: replays its buffered output, then follows it
+        live. The first request is `attach`; later ones carry stdin, signals or terminal sizes.
+        """
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _process_pb2.ListProcessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.ListProcessesResponse, _abc.Awaitable[_process_pb2.ListProcessesResponse]]:
+        """Background processes and terminals, running and recently finished."""
+
+    @_abc_1.abstractmethod
+    def SendSignal(
+        self,
+        request: _process_pb2.SendSignalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.SendSignalResponse, _abc.Awaitable[_process_pb2.SendSignalResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendStdin(
+        self,
+        request: _process_pb2.SendStdinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.SendStdinResponse, _abc.Awaitable[_process_pb2.SendStdinResponse]]: ...
 
 def add_ProcessesServicer_to_server(servicer: ProcessesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

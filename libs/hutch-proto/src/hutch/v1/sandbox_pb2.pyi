@@ -111,6 +111,8 @@ class Sandbox(_message.Message):
     STATE_REASON_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    PUBLIC_PORTS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template: _builtins.str
@@ -132,6 +134,14 @@ class Sandbox(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def public_ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ports reachable through the preview edge without a token."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When its timeout fires, if it has one."""
+
     def __init__(
         self,
         *,
@@ -148,10 +158,12 @@ class Sandbox(_message.Message):
         state_reason: _builtins.str = ...,
         region: _builtins.str = ...,
         isolation: _builtins.str = ...,
+        public_ports: _abc.Iterable[_builtins.int] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "region", b"region", "resources", b"resources", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,3 +375,107 @@ class KillSandboxRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KillSandboxRequest: _TypeAlias = KillSandboxRequest  # noqa: Y015
+
+@_typing.final
+class SetTimeoutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    timeout_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTimeoutRequest: _TypeAlias = SetTimeoutRequest  # noqa: Y015
+
+@_typing.final
+class GetPreviewUrlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    port: _builtins.int
+    expires_in_seconds: _builtins.int
+    """How long the URL's token stays valid; 3600 when 0, at most 30 days."""
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        port: _builtins.int = ...,
+        expires_in_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "port", b"port", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPreviewUrlRequest: _TypeAlias = GetPreviewUrlRequest  # noqa: Y015
+
+@_typing.final
+class PreviewUrl(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """Ready to open, token included (for a private port)."""
+    host: _builtins.str
+    """The host name alone ("PORT-SANDBOX.DOMAIN"), for clients that set the token themselves."""
+    token: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        host: _builtins.str = ...,
+        token: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "host", b"host", "token", b"token", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewUrl: _TypeAlias = PreviewUrl  # noqa: Y015
+
+@_typing.final
+class SetPortVisibilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    port: _builtins.int
+    public: _builtins.bool
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        port: _builtins.int = ...,
+        public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "public", b"public", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPortVisibilityRequest: _TypeAlias = SetPortVisibilityRequest  # noqa: Y015

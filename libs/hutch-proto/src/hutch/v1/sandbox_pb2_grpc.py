@@ -56,6 +56,21 @@ class SandboxesStub:
                 request_serializer=hutch_dot_v1_dot_sandbox__pb2.KillSandboxRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.SetTimeout = channel.unary_unary(
+                '/hutch.v1.Sandboxes/SetTimeout',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.SetTimeoutRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+                _registered_method=True)
+        self.GetPreviewUrl = channel.unary_unary(
+                '/hutch.v1.Sandboxes/GetPreviewUrl',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.GetPreviewUrlRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.PreviewUrl.FromString,
+                _registered_method=True)
+        self.SetPortVisibility = channel.unary_unary(
+                '/hutch.v1.Sandboxes/SetPortVisibility',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.SetPortVisibilityRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+                _registered_method=True)
 
 
 class SandboxesServicer:
@@ -89,6 +104,27 @@ class SandboxesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTimeout(self, request, context):
+        """Sets how long the sandbox may still live, counted from now (0: until it is killed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPreviewUrl(self, request, context):
+        """A URL that reaches a port inside the sandbox through the gateway's preview edge. Private ports
+        need the URL's signed token (or the tenant's API key); public ones need nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPortVisibility(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +146,21 @@ def add_SandboxesServicer_to_server(servicer, server):
             'Kill': grpc.unary_unary_rpc_method_handler(
                     servicer.Kill,
                     request_deserializer=hutch_dot_v1_dot_sandbox__pb2.KillSandboxRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
+            ),
+            'SetTimeout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTimeout,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.SetTimeoutRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
+            ),
+            'GetPreviewUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPreviewUrl,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.GetPreviewUrlRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.PreviewUrl.SerializeToString,
+            ),
+            'SetPortVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPortVisibility,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.SetPortVisibilityRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
             ),
     }
@@ -222,6 +273,87 @@ class Sandboxes:
             target,
             '/hutch.v1.Sandboxes/Kill',
             hutch_dot_v1_dot_sandbox__pb2.KillSandboxRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTimeout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/SetTimeout',
+            hutch_dot_v1_dot_sandbox__pb2.SetTimeoutRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPreviewUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/GetPreviewUrl',
+            hutch_dot_v1_dot_sandbox__pb2.GetPreviewUrlRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.PreviewUrl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPortVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/SetPortVisibility',
+            hutch_dot_v1_dot_sandbox__pb2.SetPortVisibilityRequest.SerializeToString,
             hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
             options,
             channel_credentials,

@@ -41,6 +41,13 @@ class SandboxesStub:
     List: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ListSandboxesRequest, _sandbox_pb2.ListSandboxesResponse]
     Kill: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.KillSandboxRequest, _sandbox_pb2.Sandbox]
     """Kills a sandbox and returns once it has stopped. Its record stays visible as KILLED."""
+    SetTimeout: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.SetTimeoutRequest, _sandbox_pb2.Sandbox]
+    """Sets how long the sandbox may still live, counted from now (0: until it is killed)."""
+    GetPreviewUrl: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.GetPreviewUrlRequest, _sandbox_pb2.PreviewUrl]
+    """A URL that reaches a port inside the sandbox through the gateway's preview edge. Private ports
+    need the URL's signed token (or the tenant's API key); public ones need nothing.
+    """
+    SetPortVisibility: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.SetPortVisibilityRequest, _sandbox_pb2.Sandbox]
 
 @_typing.type_check_only
 class SandboxesAsyncStub(SandboxesStub):
@@ -55,6 +62,13 @@ class SandboxesAsyncStub(SandboxesStub):
     List: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ListSandboxesRequest, _sandbox_pb2.ListSandboxesResponse]  # type: ignore[assignment]
     Kill: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.KillSandboxRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
     """Kills a sandbox and returns once it has stopped. Its record stays visible as KILLED."""
+    SetTimeout: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.SetTimeoutRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
+    """Sets how long the sandbox may still live, counted from now (0: until it is killed)."""
+    GetPreviewUrl: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.GetPreviewUrlRequest, _sandbox_pb2.PreviewUrl]  # type: ignore[assignment]
+    """A URL that reaches a port inside the sandbox through the gateway's preview edge. Private ports
+    need the URL's signed token (or the tenant's API key); public ones need nothing.
+    """
+    SetPortVisibility: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.SetPortVisibilityRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
 
 class SandboxesServicer(metaclass=_abc_1.ABCMeta):
     """Sandboxes: create, look up, list and kill a tenant's sandboxes.
@@ -90,5 +104,30 @@ class SandboxesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]:
         """Kills a sandbox and returns once it has stopped. Its record stays visible as KILLED."""
+
+    @_abc_1.abstractmethod
+    def SetTimeout(
+        self,
+        request: _sandbox_pb2.SetTimeoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]:
+        """Sets how long the sandbox may still live, counted from now (0: until it is killed)."""
+
+    @_abc_1.abstractmethod
+    def GetPreviewUrl(
+        self,
+        request: _sandbox_pb2.GetPreviewUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.PreviewUrl, _abc.Awaitable[_sandbox_pb2.PreviewUrl]]:
+        """A URL that reaches a port inside the sandbox through the gateway's preview edge. Private ports
+        need the URL's signed token (or the tenant's API key); public ones need nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPortVisibility(
+        self,
+        request: _sandbox_pb2.SetPortVisibilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]: ...
 
 def add_SandboxesServicer_to_server(servicer: SandboxesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

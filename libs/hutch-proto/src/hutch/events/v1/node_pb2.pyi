@@ -28,25 +28,54 @@ class NodeCommand(_message.Message):
 
     CREATE_FIELD_NUMBER: _builtins.int
     KILL_FIELD_NUMBER: _builtins.int
+    SET_DEADLINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def create(self) -> Global___CreateSandbox: ...
     @_builtins.property
     def kill(self) -> Global___KillSandbox: ...
+    @_builtins.property
+    def set_deadline(self) -> Global___SetSandboxDeadline: ...
     def __init__(
         self,
         *,
         create: Global___CreateSandbox | None = ...,
         kill: Global___KillSandbox | None = ...,
+        set_deadline: Global___SetSandboxDeadline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill", "set_deadline", b"set_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill", "set_deadline", b"set_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["create", "kill"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["create", "kill", "set_deadline"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___NodeCommand: _TypeAlias = NodeCommand  # noqa: Y015
+
+@_typing.final
+class SetSandboxDeadline(_message.Message):
+    """Replaces a sandbox's deadline; an unset `deadline` means it lives until killed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSandboxDeadline: _TypeAlias = SetSandboxDeadline  # noqa: Y015
 
 @_typing.final
 class CreateSandbox(_message.Message):

@@ -116,3 +116,85 @@ class ListLocalResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLocalResponse: _TypeAlias = ListLocalResponse  # noqa: Y015
+
+@_typing.final
+class TunnelOpen(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    port: _builtins.int
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelOpen: _TypeAlias = TunnelOpen  # noqa: Y015
+
+@_typing.final
+class TunnelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_WRITE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    close_write: _builtins.bool
+    """No more data from the caller's side (half-close)."""
+    @_builtins.property
+    def open(self) -> Global___TunnelOpen:
+        """First: where to connect."""
+
+    def __init__(
+        self,
+        *,
+        open: Global___TunnelOpen | None = ...,
+        data: _builtins.bytes = ...,
+        close_write: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_write", b"close_write", "data", b"data", "event", b"event", "open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_write", b"close_write", "data", b"data", "event", b"event", "open", b"open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "data", "close_write"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___TunnelRequest: _TypeAlias = TunnelRequest  # noqa: Y015
+
+@_typing.final
+class TunnelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENED_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_WRITE_FIELD_NUMBER: _builtins.int
+    opened: _builtins.bool
+    """First: the connection inside the sandbox is up."""
+    data: _builtins.bytes
+    close_write: _builtins.bool
+    """No more data from the sandbox's side."""
+    def __init__(
+        self,
+        *,
+        opened: _builtins.bool = ...,
+        data: _builtins.bytes = ...,
+        close_write: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_write", b"close_write", "data", b"data", "event", b"event", "opened", b"opened"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_write", b"close_write", "data", b"data", "event", b"event", "opened", b"opened"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["opened", "data", "close_write"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___TunnelResponse: _TypeAlias = TunnelResponse  # noqa: Y015

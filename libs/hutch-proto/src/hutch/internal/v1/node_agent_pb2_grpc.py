@@ -44,6 +44,36 @@ class NodeAgentStub:
                 request_serializer=hutch_dot_v1_dot_process__pb2.RunRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/hutch.internal.v1.NodeAgent/Connect',
+                request_serializer=hutch_dot_v1_dot_process__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
+                _registered_method=True)
+        self.ListProcesses = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/ListProcesses',
+                request_serializer=hutch_dot_v1_dot_process__pb2.ListProcessesRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.ListProcessesResponse.FromString,
+                _registered_method=True)
+        self.SendSignal = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/SendSignal',
+                request_serializer=hutch_dot_v1_dot_process__pb2.SendSignalRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.SendSignalResponse.FromString,
+                _registered_method=True)
+        self.SendStdin = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/SendStdin',
+                request_serializer=hutch_dot_v1_dot_process__pb2.SendStdinRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_process__pb2.SendStdinResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/hutch.internal.v1.NodeAgent/Watch',
+                request_serializer=hutch_dot_v1_dot_files__pb2.WatchDirRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_files__pb2.FilesystemEvent.FromString,
+                _registered_method=True)
+        self.Tunnel = channel.stream_stream(
+                '/hutch.internal.v1.NodeAgent/Tunnel',
+                request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.TunnelRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.TunnelResponse.FromString,
+                _registered_method=True)
         self.ReadFile = channel.unary_stream(
                 '/hutch.internal.v1.NodeAgent/ReadFile',
                 request_serializer=hutch_dot_v1_dot_files__pb2.ReadFileRequest.SerializeToString,
@@ -103,6 +133,43 @@ class NodeAgentServicer:
 
     def Run(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connect(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProcesses(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSignal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendStdin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tunnel(self, request_iterator, context):
+        """A byte stream to a TCP port inside the sandbox (the preview edge's path in).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -178,6 +245,36 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=hutch_dot_v1_dot_process__pb2.RunRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_process__pb2.RunResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.ConnectRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.RunResponse.SerializeToString,
+            ),
+            'ListProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProcesses,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.ListProcessesRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.ListProcessesResponse.SerializeToString,
+            ),
+            'SendSignal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendSignal,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.SendSignalRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.SendSignalResponse.SerializeToString,
+            ),
+            'SendStdin': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendStdin,
+                    request_deserializer=hutch_dot_v1_dot_process__pb2.SendStdinRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_process__pb2.SendStdinResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=hutch_dot_v1_dot_files__pb2.WatchDirRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_files__pb2.FilesystemEvent.SerializeToString,
+            ),
+            'Tunnel': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tunnel,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.TunnelRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.TunnelResponse.SerializeToString,
             ),
             'ReadFile': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadFile,
@@ -259,6 +356,168 @@ class NodeAgent:
             '/hutch.internal.v1.NodeAgent/Run',
             hutch_dot_v1_dot_process__pb2.RunRequest.SerializeToString,
             hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hutch.internal.v1.NodeAgent/Connect',
+            hutch_dot_v1_dot_process__pb2.ConnectRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/ListProcesses',
+            hutch_dot_v1_dot_process__pb2.ListProcessesRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.ListProcessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSignal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/SendSignal',
+            hutch_dot_v1_dot_process__pb2.SendSignalRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.SendSignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendStdin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/SendStdin',
+            hutch_dot_v1_dot_process__pb2.SendStdinRequest.SerializeToString,
+            hutch_dot_v1_dot_process__pb2.SendStdinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/Watch',
+            hutch_dot_v1_dot_files__pb2.WatchDirRequest.SerializeToString,
+            hutch_dot_v1_dot_files__pb2.FilesystemEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tunnel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hutch.internal.v1.NodeAgent/Tunnel',
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.TunnelRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.TunnelResponse.FromString,
             options,
             channel_credentials,
             insecure,

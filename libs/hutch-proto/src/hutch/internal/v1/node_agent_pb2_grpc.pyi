@@ -39,6 +39,13 @@ class NodeAgentStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NodeAgentAsyncStub: ...
     Run: _grpc.StreamStreamMultiCallable[_process_pb2.RunRequest, _process_pb2.RunResponse]
+    Connect: _grpc.StreamStreamMultiCallable[_process_pb2.ConnectRequest, _process_pb2.RunResponse]
+    ListProcesses: _grpc.UnaryUnaryMultiCallable[_process_pb2.ListProcessesRequest, _process_pb2.ListProcessesResponse]
+    SendSignal: _grpc.UnaryUnaryMultiCallable[_process_pb2.SendSignalRequest, _process_pb2.SendSignalResponse]
+    SendStdin: _grpc.UnaryUnaryMultiCallable[_process_pb2.SendStdinRequest, _process_pb2.SendStdinResponse]
+    Watch: _grpc.UnaryStreamMultiCallable[_files_pb2.WatchDirRequest, _files_pb2.FilesystemEvent]
+    Tunnel: _grpc.StreamStreamMultiCallable[_node_agent_pb2.TunnelRequest, _node_agent_pb2.TunnelResponse]
+    """A byte stream to a TCP port inside the sandbox (the preview edge's path in)."""
     ReadFile: _grpc.UnaryStreamMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]
     WriteFile: _grpc.StreamUnaryMultiCallable[_files_pb2.WriteFileRequest, _files_pb2.FileInfo]
     ListDir: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListDirRequest, _files_pb2.ListDirResponse]
@@ -63,6 +70,13 @@ class NodeAgentAsyncStub(NodeAgentStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Run: _aio.StreamStreamMultiCallable[_process_pb2.RunRequest, _process_pb2.RunResponse]  # type: ignore[assignment]
+    Connect: _aio.StreamStreamMultiCallable[_process_pb2.ConnectRequest, _process_pb2.RunResponse]  # type: ignore[assignment]
+    ListProcesses: _aio.UnaryUnaryMultiCallable[_process_pb2.ListProcessesRequest, _process_pb2.ListProcessesResponse]  # type: ignore[assignment]
+    SendSignal: _aio.UnaryUnaryMultiCallable[_process_pb2.SendSignalRequest, _process_pb2.SendSignalResponse]  # type: ignore[assignment]
+    SendStdin: _aio.UnaryUnaryMultiCallable[_process_pb2.SendStdinRequest, _process_pb2.SendStdinResponse]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_files_pb2.WatchDirRequest, _files_pb2.FilesystemEvent]  # type: ignore[assignment]
+    Tunnel: _aio.StreamStreamMultiCallable[_node_agent_pb2.TunnelRequest, _node_agent_pb2.TunnelResponse]  # type: ignore[assignment]
+    """A byte stream to a TCP port inside the sandbox (the preview edge's path in)."""
     ReadFile: _aio.UnaryStreamMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]  # type: ignore[assignment]
     WriteFile: _aio.StreamUnaryMultiCallable[_files_pb2.WriteFileRequest, _files_pb2.FileInfo]  # type: ignore[assignment]
     ListDir: _aio.UnaryUnaryMultiCallable[_files_pb2.ListDirRequest, _files_pb2.ListDirResponse]  # type: ignore[assignment]
@@ -90,6 +104,49 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_process_pb2.RunRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_process_pb2.RunResponse], _abc.AsyncIterator[_process_pb2.RunResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_process_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_process_pb2.RunResponse], _abc.AsyncIterator[_process_pb2.RunResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListProcesses(
+        self,
+        request: _process_pb2.ListProcessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.ListProcessesResponse, _abc.Awaitable[_process_pb2.ListProcessesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendSignal(
+        self,
+        request: _process_pb2.SendSignalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.SendSignalResponse, _abc.Awaitable[_process_pb2.SendSignalResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendStdin(
+        self,
+        request: _process_pb2.SendStdinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.SendStdinResponse, _abc.Awaitable[_process_pb2.SendStdinResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _files_pb2.WatchDirRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_files_pb2.FilesystemEvent], _abc.AsyncIterator[_files_pb2.FilesystemEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def Tunnel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_node_agent_pb2.TunnelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_agent_pb2.TunnelResponse], _abc.AsyncIterator[_node_agent_pb2.TunnelResponse]]:
+        """A byte stream to a TCP port inside the sandbox (the preview edge's path in)."""
 
     @_abc_1.abstractmethod
     def ReadFile(

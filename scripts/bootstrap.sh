@@ -13,6 +13,7 @@ APT_PACKAGES=(
   busybox-static  # test images without Python
   zstd tmux git ca-certificates python3 python3-venv
   gcc libc6-dev   # builds the small preload library gVisor sandboxes need (see gvisor_compat.c)
+  restic          # the baseline `make bench` compares snapshot backup and restore with
 )
 UV_VERSION=0.13.9
 TOOLS=/opt/hutch/tools

@@ -63,7 +63,9 @@ def sandbox_id(local_stack: Any) -> Iterator[str]:
 def test_help_lists_commands_and_exit_statuses(local_stack: Any) -> None:
     ran = hutch(local_stack, "--help")
     assert ran.returncode == 0
-    for word in (b"sandbox", b"exec", b"files", b"local", b"Exit status"):
+    for word in (b"sandbox", b"exec", b"shell", b"ps", b"attach", b"kill-process", b"preview", b"files", b"local"):
+        assert word in ran.stdout
+    for word in (b"Exit status",):
         assert word in ran.stdout
 
 

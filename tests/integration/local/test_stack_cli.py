@@ -242,7 +242,13 @@ def test_whole_stack_up_status_down_keeps_the_dev_key(home: Path) -> None:
     assert config["endpoint"] == stack_json(home)["endpoint"]
     assert config["api_key"] in up.stdout
     found = components(home)
-    assert [name for name, c in found.items() if c["kind"] == "service"] == ["scheduler", "node-agent", "gateway"]
+    assert [name for name, c in found.items() if c["kind"] == "service"] == [
+        "scheduler",
+        "snapshot-store",
+        "node-agent",
+        "billing-meter",
+        "gateway",
+    ]
     assert grpc_serving(config["endpoint"])
     env = found["gateway"]["env"]
     assert isinstance(env, dict)
@@ -251,7 +257,7 @@ def test_whole_stack_up_status_down_keeps_the_dev_key(home: Path) -> None:
 
     status = run_cli(home, "status")
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count("healthy") == 6
+    assert status.stdout.count("healthy") == 8
 
     assert run_cli(home, "down").returncode == 0
     up = run_cli(home, "up", "--detach")

@@ -154,7 +154,7 @@ async def test_supervisor_runs_entirely_from_the_bundle(sandbox: Sandbox) -> Non
 
 
 async def test_ping_answers_from_pid_1(sandbox: Sandbox) -> None:
-    assert await sandbox.client.ping() == {"pid": 1, "version": 1}
+    assert await sandbox.client.ping() == {"pid": 1, "version": 2}
 
 
 async def test_exec_with_args_passes_arguments_verbatim(sandbox: Sandbox) -> None:
@@ -530,7 +530,7 @@ async def test_malformed_requests_get_invalid_argument(sandbox: Sandbox, data: b
     frame_type, error = await asyncio.to_thread(raw_exchange, sandbox.socket_path, data)
 
     assert (frame_type, error["code"]) == (protocol.ERROR, "invalid_argument")
-    assert await sandbox.client.ping() == {"pid": 1, "version": 1}
+    assert await sandbox.client.ping() == {"pid": 1, "version": 2}
 
 
 async def test_closing_stdin_as_the_process_exits_never_loses_the_exit(sandbox: Sandbox) -> None:

@@ -143,5 +143,5 @@ def test_command_exit_error_message_keeps_only_the_end_of_a_long_stderr() -> Non
 def test_every_exception_is_a_hutch_error() -> None:
     exported = [getattr(hutch, name) for name in hutch.__all__]
     errors = [cls for cls in exported if isinstance(cls, type) and issubclass(cls, BaseException)]
-    assert len(errors) == 12
+    assert len(errors) == 14
     assert all(issubclass(cls, HutchError) for cls in errors)

@@ -13,11 +13,14 @@ file `hutch local up` writes (~/.hutch/config.json).
 # Other distributions (hutch-proto, hutch-core, ...) add subpackages to this package.
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
+from hutch.command_handle import AsyncCommandHandle, CommandHandle
 from hutch.commands import AsyncCommands, Commands, OutputHandler
 from hutch.exceptions import (
     AlreadyExistsError,
     AuthenticationError,
+    ChecksumMismatchError,
     CommandExitError,
+    ConnectionLostError,
     HutchError,
     InternalError,
     InvalidArgumentError,
@@ -28,38 +31,80 @@ from hutch.exceptions import (
     TimeoutError,
     UnavailableError,
 )
-from hutch.files import AsyncFiles, Files, ReadFormat
-from hutch.models import CommandResult, EntryInfo, FileType, SandboxInfo, SandboxState
+from hutch.files import AsyncFiles, Files, ProgressHandler, ReadFormat
+from hutch.models import (
+    CommandOutput,
+    CommandResult,
+    EntryInfo,
+    FilesystemEvent,
+    FilesystemEventType,
+    FileType,
+    ProcessInfo,
+    SandboxInfo,
+    SandboxState,
+    SnapshotInfo,
+    SnapshotUsage,
+)
+from hutch.pty import AsyncPty, AsyncPtyHandle, DataHandler, Pty, PtyHandle
 from hutch.sandbox import AsyncSandbox, Sandbox
+from hutch.snapshot import AsyncSnapshot, Snapshot
 from hutch.templates import AsyncTemplate, Template, TemplateInfo
+from hutch.usage import AsyncUsage, CostComparison, PriceBook, Usage, UsageSummary
+from hutch.watch import AsyncWatchHandle, EventHandler, WatchHandle
 
 __all__ = [
-    "AsyncTemplate",
-    "Template",
-    "TemplateInfo",
     "AlreadyExistsError",
+    "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFiles",
+    "AsyncPty",
+    "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncSnapshot",
+    "AsyncTemplate",
+    "AsyncUsage",
+    "AsyncWatchHandle",
     "AuthenticationError",
+    "ChecksumMismatchError",
     "CommandExitError",
+    "CommandHandle",
+    "CommandOutput",
     "CommandResult",
     "Commands",
+    "ConnectionLostError",
+    "CostComparison",
+    "DataHandler",
     "EntryInfo",
+    "EventHandler",
     "FileType",
     "Files",
+    "FilesystemEvent",
+    "FilesystemEventType",
     "HutchError",
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
     "OutputHandler",
     "PermissionDeniedError",
+    "PriceBook",
+    "ProcessInfo",
+    "ProgressHandler",
+    "Pty",
+    "PtyHandle",
     "ReadFormat",
     "ResourceExhaustedError",
     "Sandbox",
     "SandboxError",
     "SandboxInfo",
     "SandboxState",
+    "Snapshot",
+    "SnapshotInfo",
+    "SnapshotUsage",
+    "Template",
+    "TemplateInfo",
     "TimeoutError",
     "UnavailableError",
+    "Usage",
+    "UsageSummary",
+    "WatchHandle",
 ]

@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 
 from hutch._config import ConnectionConfig
-from hutch.exceptions import error_for_status
+from hutch.exceptions import HutchError, error_for_status
 from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc, templates_pb2_grpc
 
 if TYPE_CHECKING:
@@ -32,6 +32,18 @@ _Response = TypeVar("_Response")
 
 # File chunks are 1 MiB; the headroom covers larger chunks a future gateway may choose to send.
 _MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+# A stream can sit idle for hours (a terminal nobody types in, a watch on a quiet directory). Without
+# pings, a gateway that vanished without closing the connection (a crashed host, a dropped NAT entry)
+# would leave such a stream waiting forever; with them, it fails with UNAVAILABLE within about
+# 30 s. The gateway accepts pings every 5 s, with or without calls in flight.
+_KEEPALIVE_OPTIONS: Final = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # By default a client stops pinging after two pings without data, which is exactly an idle stream.
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 def _user_agent() -> str:
@@ -69,6 +81,7 @@ class Connection:
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.primary_user_agent", _user_agent()),
+                *_KEEPALIVE_OPTIONS,
             ]
             if self.config.secure:
                 channel = grpc.aio.secure_channel(self.config.target, grpc.ssl_channel_credentials(), options=options)
@@ -107,16 +120,25 @@ class Connection:
         try:
             yield
         except grpc.aio.AioRpcError as exc:
-            # A channel that is READY reached the gateway, so the status is the gateway's own answer
-            # and not a failure to connect.
-            answered = self._stubs is not None and self._stubs.channel.get_state() is grpc.ChannelConnectivity.READY
-            raise error_for_status(
-                exc.code(),
-                exc.details() or "",
-                doing=doing,
-                endpoint=self.config.endpoint,
-                gateway_answered=answered,
-            ) from exc
+            raise self.error(exc, doing) from exc
+
+    def error(self, exc: grpc.aio.AioRpcError, doing: str) -> HutchError:
+        """The `HutchError` for a failed call, as `translated` raises it.
+
+        Args:
+            exc: The failure.
+            doing: What the call did, for the message.
+        """
+        # A channel that is READY reached the gateway, so the status is the gateway's own answer and
+        # not a failure to connect.
+        answered = self._stubs is not None and self._stubs.channel.get_state() is grpc.ChannelConnectivity.READY
+        return error_for_status(
+            exc.code(),
+            exc.details() or "",
+            doing=doing,
+            endpoint=self.config.endpoint,
+            gateway_answered=answered,
+        )
 
     async def unary(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import signal as signals
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -17,6 +18,8 @@ from hutch.models import SandboxState
 from hutch.v1 import process_pb2, sandbox_pb2
 
 _UINT32_MAX: Final = 2**32 - 1
+# What the gateway accepts for a terminal's columns and rows.
+_TERMINAL_MAX: Final = 1000
 
 
 def cpu_millis(cpu: float) -> int:
@@ -95,32 +98,82 @@ def sandbox_states(states: Iterable[SandboxState | str] | None) -> list[SandboxS
 
 def create_request(
     *,
-    template: str,
-    cpu: float,
-    memory: int,
+    template: str | None,
+    cpu: float | None,
+    memory: int | None,
     name: str | None,
     metadata: Mapping[str, str] | None,
     envs: Mapping[str, str] | None,
     timeout: float | None,
     isolation: str = "auto",
     trust: str | None = None,
+    snapshot: str | None = None,
 ) -> sandbox_pb2.CreateSandboxRequest:
-    """Builds the request `Sandbox.create` sends; see there for the arguments."""
+    """Builds the request `Sandbox.create` sends; see there for the arguments.
+
+    None (empty or 0 in the request) leaves a value to the gateway: its default, or the snapshot's.
+    """
     return sandbox_pb2.CreateSandboxRequest(
-        template=template,
+        template=template or "",
         name=name or "",
-        resources=sandbox_pb2.Resources(cpu_millis=cpu_millis(cpu), memory_mb=memory_mb(memory)),
+        resources=sandbox_pb2.Resources(
+            cpu_millis=0 if cpu is None else cpu_millis(cpu), memory_mb=0 if memory is None else memory_mb(memory)
+        ),
         metadata=dict(metadata or {}),
         envs=dict(envs or {}),
         timeout_seconds=lifetime_seconds(timeout),
         isolation=isolation,
         trust=trust or "",
+        snapshot=snapshot or "",
     )
 
 
 def describe_command(cmd: str | Sequence[str]) -> str:
     """Renders a command for messages: a shell line as given, an argv quoted as a shell would need."""
     return cmd if isinstance(cmd, str) else shlex.join(cmd)
+
+
+def terminal_size(cols: int, rows: int) -> process_pb2.TerminalSize:
+    """Checks a terminal's size in character cells.
+
+    Raises:
+        InvalidArgumentError: cols or rows is not a whole number from 1 to 1000.
+    """
+    for name, value in (("cols", cols), ("rows", rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _TERMINAL_MAX:
+            raise InvalidArgumentError(f"{name} must be a whole number from 1 to {_TERMINAL_MAX}, not {value!r}")
+    return process_pb2.TerminalSize(cols=cols, rows=rows)
+
+
+def port_number(port: int) -> int:
+    """Checks a TCP port number.
+
+    Raises:
+        InvalidArgumentError: port is not a whole number from 1 to 65535.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be a whole number from 1 to 65535, not {port!r}")
+    return port
+
+
+def signal_number(signal: int | str) -> int:
+    """Converts a signal given as a number, a `signal.Signals` member or a name ("TERM", "SIGTERM").
+
+    Raises:
+        InvalidArgumentError: It names no signal, or the number is out of range.
+    """
+    if isinstance(signal, str):
+        text = signal.strip().upper()
+        if text.isdigit():
+            return signal_number(int(text))
+        name = text if text.startswith("SIG") else f"SIG{text}"
+        member = getattr(signals.Signals, name, None) if name.isidentifier() else None
+        if not isinstance(member, signals.Signals):
+            raise InvalidArgumentError(f"unknown signal {signal!r}; use a number or a name such as TERM or KILL")
+        return int(member)
+    if isinstance(signal, bool) or not isinstance(signal, int) or not 1 <= signal <= 64:
+        raise InvalidArgumentError(f"a signal number must be from 1 to 64, not {signal!r}")
+    return int(signal)
 
 
 def process_config(
@@ -132,6 +185,8 @@ def process_config(
     user: str | None = None,
     timeout: float | None = None,
     stdin: bool = False,
+    background: bool = False,
+    pty: process_pb2.TerminalSize | None = None,
 ) -> process_pb2.ProcessConfig:
     """Builds the ProcessConfig that starts a command.
 
@@ -143,6 +198,8 @@ def process_config(
         user: User name or numeric uid; root when None.
         timeout: Seconds before the command is killed; None or 0 for no limit.
         stdin: Whether the caller will send stdin; without it the command reads /dev/null.
+        background: Whether the process outlives the call that starts it.
+        pty: Runs it in a terminal of this size (always in the background).
 
     Raises:
         InvalidArgumentError: cmd is empty, or timeout is out of range.
@@ -153,8 +210,11 @@ def process_config(
         cwd=cwd or "",
         user=user or "",
         timeout_ms=timeout_ms(timeout),
-        stdin=stdin,
+        stdin=stdin or pty is not None,
+        background=background or pty is not None,
     )
+    if pty is not None:
+        config.pty.CopyFrom(pty)
     if isinstance(cmd, str):
         if not cmd.strip():
             raise InvalidArgumentError("the command is empty")

@@ -15,6 +15,8 @@ with what the SDK was doing at the time.
     │   └── CommandExitError                           a command exited with a non-zero status
     ├── TimeoutError             DEADLINE_EXCEEDED     a call or a command ran out of time
     ├── UnavailableError         UNAVAILABLE           the gateway cannot be reached; retrying may help
+    │   └── ConnectionLostError                        a followed process's or watch's stream broke
+    ├── ChecksumMismatchError                          a transfer arrived with other bytes than were sent
     └── InternalError            INTERNAL              a bug or an unexpected failure
 
 `asyncio.CancelledError` is never translated: cancelling a task that waits on the SDK cancels the
@@ -34,7 +36,9 @@ from hutch.models import CommandResult
 __all__ = [
     "AlreadyExistsError",
     "AuthenticationError",
+    "ChecksumMismatchError",
     "CommandExitError",
+    "ConnectionLostError",
     "HutchError",
     "InternalError",
     "InvalidArgumentError",
@@ -134,6 +138,39 @@ class TimeoutError(HutchError):
 
 class UnavailableError(HutchError):
     """Raised when the gateway cannot be reached or a service behind it is down; retrying may help."""
+
+
+class ConnectionLostError(UnavailableError):
+    """Raised when the stream that follows a process, a terminal or a watch breaks.
+
+    What it followed is not affected: a background process or a terminal keeps running in the
+    sandbox and can be followed again by its pid (`commands.connect(pid)`, `pty.connect(pid)`).
+
+    Attributes:
+        pid: The process that was followed, or None for a watch.
+    """
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ChecksumMismatchError(HutchError):
+    """Raised when a file transfer's SHA-256 differs between the two ends.
+
+    An upload that fails this way may have replaced the file with corrupted content: write it again.
+    A download that fails this way leaves no local file behind (`files.download`), or has handed
+    out corrupted bytes (`files.read`): read it again.
+
+    Attributes:
+        expected: The checksum of the bytes the sender sent (hex).
+        actual: The checksum of the bytes that arrived (hex).
+    """
+
+    def __init__(self, message: str, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
 
 
 class InternalError(HutchError):

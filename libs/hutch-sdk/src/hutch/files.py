@@ -6,21 +6,23 @@ links can lead outside it.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Final, Literal, overload
 
-import grpc.aio
-
+from hutch._callbacks import CallbackThread
 from hutch._connection import Connection
 from hutch._portal import PORTAL
-from hutch._sources import ByteSource, iter_chunks, known_size
-from hutch.exceptions import InternalError, InvalidArgumentError, NotFoundError
+from hutch._sources import ByteSource
+from hutch._transfer import ProgressHandler, download_file, open_read, write_file
+from hutch.exceptions import InvalidArgumentError, NotFoundError
 from hutch.models import EntryInfo
 from hutch.v1 import files_pb2
+from hutch.watch import AsyncWatchHandle, EventHandler, WatchHandle, start_watch
 
-__all__ = ["AsyncFiles", "Files", "ReadFormat"]
+__all__ = ["AsyncFiles", "Files", "ProgressHandler", "ReadFormat"]
 
 ReadFormat = Literal["text", "bytes", "stream"]
 _FORMATS: Final = ("text", "bytes", "stream")
@@ -43,57 +45,34 @@ class AsyncFiles:
     @overload
     async def read(self, path: str, format: Literal["stream"]) -> AsyncIterator[bytes]: ...
     async def read(self, path: str, format: ReadFormat = "text") -> str | bytes | AsyncIterator[bytes]:
-        """Reads a file.
+        """Reads a file, checking its SHA-256 against the one the sandbox computed.
 
         Args:
             path: The file's path.
             format: "text" returns a str (UTF-8, invalid bytes replaced); "bytes" returns bytes;
                 "stream" returns an async iterator of byte chunks, for files too large to hold in
-                memory; the file is opened (and errors raised) before it returns.
+                memory; the file is opened (and errors raised) before it returns, and the checksum
+                is checked when the data ends.
 
         Returns:
             The content, in the requested format.
 
         Raises:
             NotFoundError: The file or the sandbox does not exist.
+            ChecksumMismatchError: The data arrived corrupted (with "stream": raised by the iterator
+                at the end of the data).
             HutchError: Another failure; the subclass says which.
         """
         if format not in _FORMATS:
             raise InvalidArgumentError(f"format must be one of {', '.join(_FORMATS)}, not {format!r}")
-        doing = self._doing(f"read {path}")
-        call = self._connection.files.Read(
-            files_pb2.ReadFileRequest(sandbox=self._sandbox_id, path=path), metadata=self._connection.metadata
-        )
+        _, chunks = await open_read(self._connection, self._sandbox_id, path, self._doing(f"read {path}"))
+        if format == "stream":
+            return chunks
         try:
-            with self._connection.translated(doing):
-                first = await call.read()
-            if not isinstance(first, files_pb2.ReadFileResponse) or first.WhichOneof("event") != "info":
-                raise InternalError(f"{doing}: the gateway sent data before the file's info")
-            chunks = self._data(call, doing)
-            if format == "stream":
-                return chunks
             content = b"".join([chunk async for chunk in chunks])
-        except BaseException:
-            call.cancel()
-            raise
-        return content.decode("utf-8", errors="replace") if format == "text" else content
-
-    async def _data(
-        self,
-        call: grpc.aio.UnaryStreamCall[files_pb2.ReadFileRequest, files_pb2.ReadFileResponse],
-        doing: str,
-    ) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                with self._connection.translated(doing):
-                    response = await call.read()
-                if not isinstance(response, files_pb2.ReadFileResponse):
-                    return
-                if response.WhichOneof("event") == "data":
-                    yield response.data
         finally:
-            # Stops the transfer when the caller leaves the stream early.
-            call.cancel()
+            await chunks.aclose()
+        return content.decode("utf-8", errors="replace") if format == "text" else content
 
     async def write(
         self,
@@ -102,10 +81,12 @@ class AsyncFiles:
         *,
         mode: int | None = None,
         user: str | None = None,
+        on_progress: ProgressHandler | None = None,
     ) -> EntryInfo:
         """Writes a file, replacing it atomically once all data has arrived.
 
-        A failed upload leaves no partial file behind.
+        A failed upload leaves no partial file behind. The SHA-256 of what the sandbox received is
+        checked against what was sent.
 
         Args:
             path: The file's path.
@@ -113,37 +94,113 @@ class AsyncFiles:
             mode: Permission bits for a new file, e.g. 0o600; 0o644 when None. An existing file
                 keeps its mode.
             user: Owner of a new file; root when None.
+            on_progress: Called with the number of bytes sent so far, after each chunk; may be a
+                coroutine function.
 
         Returns:
             The written file's info.
 
         Raises:
             ResourceExhaustedError: The file is larger than the sandbox allows.
+            ChecksumMismatchError: The sandbox received other bytes than were sent; write it again.
             HutchError: Another failure; the subclass says which.
         """
-        doing = self._doing(f"write {path}")
-        header = files_pb2.WriteFileHeader(
-            sandbox=self._sandbox_id, path=path, mode=mode or 0, user=user or "", size=known_size(data) or 0
+        header = files_pb2.WriteFileHeader(sandbox=self._sandbox_id, path=path, mode=mode or 0, user=user or "")
+        info = await write_file(
+            self._connection, header, data, on_progress=on_progress, doing=self._doing(f"write {path}")
         )
-        call = self._connection.files.Write(None, metadata=self._connection.metadata)
-        try:
-            with self._connection.translated(doing):
-                try:
-                    await call.write(files_pb2.WriteFileRequest(header=header))
-                    async for chunk in iter_chunks(data):
-                        await call.write(files_pb2.WriteFileRequest(data=chunk))
-                    # Only `end` commits the file: a stream cut short anywhere on its way writes nothing.
-                    await call.write(files_pb2.WriteFileRequest(end=files_pb2.WriteFileEnd()))
-                    await call.done_writing()
-                except asyncio.InvalidStateError:
-                    # The gateway ended the call early (e.g. the file is too large); awaiting the
-                    # call below raises the status it ended with.
-                    pass
-                info = await call
-        except BaseException:
-            call.cancel()
-            raise
         return EntryInfo.from_proto(info)
+
+    async def upload(
+        self,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        mode: int | None = None,
+        user: str | None = None,
+        on_progress: ProgressHandler | None = None,
+    ) -> EntryInfo:
+        """Copies a local file into the sandbox, streaming it: a file of any size needs little memory.
+
+        Like `write`, the file appears complete or not at all, and its checksum is verified.
+
+        Args:
+            local_path: The file to send.
+            remote_path: Where it goes in the sandbox.
+            mode: Permission bits for a new file; 0o644 when None.
+            user: Owner of a new file; root when None.
+            on_progress: Called with the number of bytes sent so far; may be a coroutine function.
+
+        Returns:
+            The written file's info.
+
+        Raises:
+            OSError: The local file cannot be read.
+            ChecksumMismatchError: The sandbox received other bytes than were sent; upload it again.
+            HutchError: Another failure; the subclass says which.
+        """
+        with Path(local_path).open("rb") as source:
+            return await self.write(remote_path, source, mode=mode, user=user, on_progress=on_progress)
+
+    async def download(
+        self,
+        remote_path: str,
+        local_path: str | os.PathLike[str],
+        *,
+        on_progress: ProgressHandler | None = None,
+    ) -> EntryInfo:
+        """Copies a file out of the sandbox, streaming it to disk: a file of any size needs little memory.
+
+        The data goes to a hidden temporary file next to `local_path`, which replaces `local_path`
+        only once the whole file arrived and its checksum matched; on any failure it is removed and
+        `local_path` is left as it was.
+
+        Args:
+            remote_path: The file in the sandbox.
+            local_path: Where to write it (a file path, not a directory).
+            on_progress: Called with the number of bytes received so far; may be a coroutine function.
+
+        Returns:
+            The remote file's info.
+
+        Raises:
+            NotFoundError: The file or the sandbox does not exist.
+            ChecksumMismatchError: The data arrived corrupted; download it again.
+            OSError: The local file cannot be written.
+            HutchError: Another failure; the subclass says which.
+        """
+        info = await download_file(
+            self._connection,
+            self._sandbox_id,
+            remote_path,
+            Path(local_path),
+            on_progress=on_progress,
+            doing=self._doing(f"download {remote_path}"),
+        )
+        return EntryInfo.from_proto(info)
+
+    async def watch_dir(
+        self, path: str, recursive: bool = False, on_event: EventHandler | None = None
+    ) -> AsyncWatchHandle:
+        """Watches a directory for changes and returns once the watch is in place.
+
+        Every change made after this returns is reported: files and directories created, modified,
+        deleted or renamed.
+
+        Args:
+            path: The directory.
+            recursive: Also watch every directory below it, including ones created later.
+            on_event: Called with each `FilesystemEvent`; may be a coroutine function. Without it,
+                iterate the handle.
+
+        Returns:
+            A handle on the watch; `stop()` ends it.
+
+        Raises:
+            NotFoundError: The directory does not exist.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await start_watch(self._connection, self._sandbox_id, path, recursive, on_event)
 
     async def list(self, path: str, depth: int = 1) -> builtins.list[EntryInfo]:
         """Lists a directory.
@@ -254,20 +311,22 @@ class Files:
     @overload
     def read(self, path: str, format: Literal["stream"]) -> Iterator[bytes]: ...
     def read(self, path: str, format: ReadFormat = "text") -> str | bytes | Iterator[bytes]:
-        """Reads a file.
+        """Reads a file, checking its SHA-256 against the one the sandbox computed.
 
         Args:
             path: The file's path.
             format: "text" returns a str (UTF-8, invalid bytes replaced); "bytes" returns bytes;
                 "stream" returns an iterator of byte chunks, for files too large to hold in memory;
-                the file is opened (and errors raised) before it returns. Close the iterator (or
-                exhaust it) to end the transfer.
+                the file is opened (and errors raised) before it returns, and the checksum is
+                checked when the data ends. Close the iterator (or exhaust it) to end the transfer.
 
         Returns:
             The content, in the requested format.
 
         Raises:
             NotFoundError: The file or the sandbox does not exist.
+            ChecksumMismatchError: The data arrived corrupted (with "stream": raised by the iterator
+                at the end of the data).
             HutchError: Another failure; the subclass says which.
         """
         if format == "stream":
@@ -278,10 +337,19 @@ class Files:
             return PORTAL.run(self._async.read(path, "text"))
         raise InvalidArgumentError(f"format must be one of {', '.join(_FORMATS)}, not {format!r}")
 
-    def write(self, path: str, data: ByteSource, *, mode: int | None = None, user: str | None = None) -> EntryInfo:
+    def write(
+        self,
+        path: str,
+        data: ByteSource,
+        *,
+        mode: int | None = None,
+        user: str | None = None,
+        on_progress: ProgressHandler | None = None,
+    ) -> EntryInfo:
         """Writes a file, replacing it atomically once all data has arrived.
 
-        A failed upload leaves no partial file behind.
+        A failed upload leaves no partial file behind. The SHA-256 of what the sandbox received is
+        checked against what was sent.
 
         Args:
             path: The file's path.
@@ -289,15 +357,115 @@ class Files:
             mode: Permission bits for a new file, e.g. 0o600; 0o644 when None. An existing file
                 keeps its mode.
             user: Owner of a new file; root when None.
+            on_progress: Called in the calling thread with the number of bytes sent so far.
 
         Returns:
             The written file's info.
 
         Raises:
             ResourceExhaustedError: The file is larger than the sandbox allows.
+            ChecksumMismatchError: The sandbox received other bytes than were sent; write it again.
             HutchError: Another failure; the subclass says which.
         """
-        return PORTAL.run(self._async.write(path, data, mode=mode, user=user))
+        return PORTAL.run_relaying(
+            lambda relay: self._async.write(
+                path, data, mode=mode, user=user, on_progress=None if on_progress is None else relay(on_progress)
+            )
+        )
+
+    def upload(
+        self,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        mode: int | None = None,
+        user: str | None = None,
+        on_progress: ProgressHandler | None = None,
+    ) -> EntryInfo:
+        """Copies a local file into the sandbox, streaming it: a file of any size needs little memory.
+
+        Like `write`, the file appears complete or not at all, and its checksum is verified.
+
+        Args:
+            local_path: The file to send.
+            remote_path: Where it goes in the sandbox.
+            mode: Permission bits for a new file; 0o644 when None.
+            user: Owner of a new file; root when None.
+            on_progress: Called in the calling thread with the number of bytes sent so far.
+
+        Returns:
+            The written file's info.
+
+        Raises:
+            OSError: The local file cannot be read.
+            ChecksumMismatchError: The sandbox received other bytes than were sent; upload it again.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run_relaying(
+            lambda relay: self._async.upload(
+                local_path,
+                remote_path,
+                mode=mode,
+                user=user,
+                on_progress=None if on_progress is None else relay(on_progress),
+            )
+        )
+
+    def download(
+        self,
+        remote_path: str,
+        local_path: str | os.PathLike[str],
+        *,
+        on_progress: ProgressHandler | None = None,
+    ) -> EntryInfo:
+        """Copies a file out of the sandbox, streaming it to disk: a file of any size needs little memory.
+
+        The data goes to a hidden temporary file next to `local_path`, which replaces `local_path`
+        only once the whole file arrived and its checksum matched; on any failure it is removed and
+        `local_path` is left as it was.
+
+        Args:
+            remote_path: The file in the sandbox.
+            local_path: Where to write it (a file path, not a directory).
+            on_progress: Called in the calling thread with the number of bytes received so far.
+
+        Returns:
+            The remote file's info.
+
+        Raises:
+            NotFoundError: The file or the sandbox does not exist.
+            ChecksumMismatchError: The data arrived corrupted; download it again.
+            OSError: The local file cannot be written.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run_relaying(
+            lambda relay: self._async.download(
+                remote_path, local_path, on_progress=None if on_progress is None else relay(on_progress)
+            )
+        )
+
+    def watch_dir(self, path: str, recursive: bool = False, on_event: EventHandler | None = None) -> WatchHandle:
+        """Watches a directory for changes and returns once the watch is in place.
+
+        Every change made after this returns is reported: files and directories created, modified,
+        deleted or renamed.
+
+        Args:
+            path: The directory.
+            recursive: Also watch every directory below it, including ones created later.
+            on_event: Called with each `FilesystemEvent`, in a thread of the handle's own. Without it,
+                iterate the handle or call `get_new_events()`.
+
+        Returns:
+            A handle on the watch; `stop()` ends it (or use it as a context manager).
+
+        Raises:
+            NotFoundError: The directory does not exist.
+            HutchError: Another failure; the subclass says which.
+        """
+        callbacks = CallbackThread("hutch-watch-callbacks")
+        relayed = None if on_event is None else callbacks.relay(on_event)
+        return WatchHandle(PORTAL.run(self._async.watch_dir(path, recursive, relayed)), callbacks)
 
     def list(self, path: str, depth: int = 1) -> builtins.list[EntryInfo]:
         """Lists a directory.

@@ -6,19 +6,23 @@
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 from hutch._config import resolve
 from hutch._connection import Connection
-from hutch._convert import create_request, sandbox_states
+from hutch._convert import create_request, lifetime_seconds, port_number, sandbox_states
 from hutch._hybrid import HybridMethod
 from hutch._portal import PORTAL
 from hutch.commands import AsyncCommands, Commands
-from hutch.exceptions import HutchError, NotFoundError, SandboxError
+from hutch.exceptions import HutchError, InvalidArgumentError, NotFoundError, SandboxError
 from hutch.files import AsyncFiles, Files
-from hutch.models import SandboxInfo, SandboxState
+from hutch.models import SandboxInfo, SandboxState, SnapshotInfo
+from hutch.pty import AsyncPty, Pty
+from hutch.snapshot import take_snapshot
 from hutch.v1 import sandbox_pb2
 
 __all__ = ["AsyncSandbox", "Sandbox"]
@@ -44,6 +48,92 @@ async def _kill(connection: Connection, sandbox: str) -> SandboxInfo:
         # A killed sandbox needs no channel; asking it something later opens a new one.
         await connection.close()
     return SandboxInfo.from_proto(message)
+
+
+async def _set_timeout(connection: Connection, sandbox: str, seconds: float | None) -> SandboxInfo:
+    message = await connection.unary(
+        f"set the timeout of sandbox {sandbox}",
+        connection.sandboxes.SetTimeout,
+        sandbox_pb2.SetTimeoutRequest(sandbox=sandbox, timeout_seconds=lifetime_seconds(seconds)),
+    )
+    return SandboxInfo.from_proto(message)
+
+
+async def _preview(connection: Connection, sandbox: str, port: int, expires_in: float) -> sandbox_pb2.PreviewUrl:
+    if not isinstance(expires_in, int | float) or not 0 < expires_in < 2**32:
+        raise InvalidArgumentError(f"expires_in must be a positive number of seconds, not {expires_in!r}")
+    lifetime = math.ceil(expires_in)
+    return await connection.unary(
+        f"get a preview URL for port {port} of sandbox {sandbox}",
+        connection.sandboxes.GetPreviewUrl,
+        sandbox_pb2.GetPreviewUrlRequest(sandbox=sandbox, port=port_number(port), expires_in_seconds=lifetime),
+    )
+
+
+def _host_of(preview: sandbox_pb2.PreviewUrl) -> str:
+    # The URL's host and port, e.g. "8080-sb-1.localhost:50080": what a client needs to reach the
+    # port, where `host` alone lacks the edge's port whenever that is not the scheme's default.
+    return urlsplit(preview.url).netloc or preview.host
+
+
+async def _set_port_visibility(connection: Connection, sandbox: str, port: int, public: bool) -> SandboxInfo:
+    message = await connection.unary(
+        f"make port {port} of sandbox {sandbox} {'public' if public else 'private'}",
+        connection.sandboxes.SetPortVisibility,
+        sandbox_pb2.SetPortVisibilityRequest(sandbox=sandbox, port=port_number(port), public=public),
+    )
+    return SandboxInfo.from_proto(message)
+
+
+async def _pause(connection: Connection, sandbox: str) -> SandboxInfo:
+    message = await connection.unary(
+        f"pause sandbox {sandbox}", connection.sandboxes.Pause, sandbox_pb2.PauseSandboxRequest(sandbox=sandbox)
+    )
+    return SandboxInfo.from_proto(message)
+
+
+async def _resume(connection: Connection, sandbox: str) -> SandboxInfo:
+    message = await connection.unary(
+        f"resume sandbox {sandbox}", connection.sandboxes.Resume, sandbox_pb2.ResumeSandboxRequest(sandbox=sandbox)
+    )
+    return SandboxInfo.from_proto(message)
+
+
+async def _fork(
+    connection: Connection, sandbox: str, count: int, metadata: Mapping[str, str] | None
+) -> builtins.list[SandboxInfo]:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count < 2**32:
+        raise InvalidArgumentError(f"count must be a whole number from 1 to 100, not {count!r}")
+    response = await connection.unary(
+        f"fork sandbox {sandbox}",
+        connection.sandboxes.Fork,
+        sandbox_pb2.ForkSandboxRequest(sandbox=sandbox, count=count, metadata=dict(metadata or {})),
+    )
+    return [SandboxInfo.from_proto(message) for message in response.sandboxes]
+
+
+async def _pause_by_id(
+    sandbox_id: str,
+    *,
+    api_key: str | None = None,
+    endpoint: str | None = None,
+    request_timeout: float | None = None,
+) -> SandboxInfo:
+    """Pauses a sandbox by id or name: `await AsyncSandbox.pause("sb-...")`. See `pause`."""
+    async with Connection(resolve(api_key, endpoint, request_timeout)) as connection:
+        return await _pause(connection, sandbox_id)
+
+
+async def _resume_by_id(
+    sandbox_id: str,
+    *,
+    api_key: str | None = None,
+    endpoint: str | None = None,
+    request_timeout: float | None = None,
+) -> SandboxInfo:
+    """Resumes a sandbox by id or name: `await AsyncSandbox.resume("sb-...")`. See `resume`."""
+    async with Connection(resolve(api_key, endpoint, request_timeout)) as connection:
+        return await _resume(connection, sandbox_id)
 
 
 async def _get_info_by_id(
@@ -107,6 +197,7 @@ class AsyncSandbox:
     Attributes:
         commands: Runs commands in the sandbox.
         files: Reads and writes the sandbox's files.
+        pty: Starts interactive terminals in the sandbox.
     """
 
     def __init__(self, info: SandboxInfo, connection: Connection) -> None:
@@ -114,6 +205,7 @@ class AsyncSandbox:
         self._connection = connection
         self.commands = AsyncCommands(connection, info.id)
         self.files = AsyncFiles(connection, info.id)
+        self.pty = AsyncPty(connection, info.id)
 
     @property
     def id(self) -> str:
@@ -131,9 +223,9 @@ class AsyncSandbox:
     @classmethod
     async def create(
         cls,
-        template: str = "base",
-        cpu: float = 1,
-        memory_mb: int = 512,
+        template: str | None = None,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
         name: str | None = None,
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,
@@ -141,6 +233,7 @@ class AsyncSandbox:
         *,
         isolation: str = "auto",
         trust: str | None = None,
+        snapshot: str | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -148,9 +241,9 @@ class AsyncSandbox:
         """Creates a sandbox and returns once it runs.
 
         Args:
-            template: The template to start from.
-            cpu: vCPUs, e.g. 0.5 or 2.
-            memory_mb: Memory in MiB.
+            template: The template to start from; None: "base" (with `snapshot`, the snapshot's).
+            cpu: vCPUs, e.g. 0.5 or 2; None: 1 (with `snapshot`, what its sandbox had).
+            memory_mb: Memory in MiB; None: 512 (with `snapshot`, what its sandbox had).
             name: A name unique among this key's live sandboxes: lowercase letters, digits and '-',
                 1 to 63 characters. `connect` and the CLI accept it in place of the id.
             metadata: Key/value pairs to find the sandbox by later (`list(metadata=...)`).
@@ -160,6 +253,9 @@ class AsyncSandbox:
                 the code and the host, for untrusted code) or "auto": chosen from `trust`.
             trust: "trusted" or "untrusted"; None means the tenant's default. With "auto",
                 untrusted code runs under gVisor.
+            snapshot: Start from this snapshot (id or name) instead of the bare template: its files,
+                and for a gVisor snapshot its running processes. Its template and isolation class
+                are the snapshot's; its environment variables too, unless `envs` overrides them.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -171,8 +267,9 @@ class AsyncSandbox:
 
         Raises:
             AuthenticationError: No API key is configured, or the gateway rejects it.
-            NotFoundError: The template does not exist.
-            InvalidArgumentError: An argument is out of range, e.g. a malformed name.
+            NotFoundError: The template or the snapshot does not exist.
+            InvalidArgumentError: An argument is out of range, e.g. a malformed name, or contradicts
+                the snapshot (another template or isolation class).
             AlreadyExistsError: The name is taken.
             ResourceExhaustedError: No capacity, or a quota is reached.
             SandboxError: The sandbox failed to start; the message says why.
@@ -188,12 +285,12 @@ class AsyncSandbox:
             timeout=timeout,
             isolation=isolation,
             trust=trust,
+            snapshot=snapshot,
         )
+        source = f"snapshot {snapshot!r}" if snapshot else f"template {template or 'base'!r}"
         connection = Connection(resolve(api_key, endpoint, request_timeout))
         try:
-            message = await connection.unary(
-                f"create a sandbox from template {template!r}", connection.sandboxes.Create, request
-            )
+            message = await connection.unary(f"create a sandbox from {source}", connection.sandboxes.Create, request)
         except BaseException:
             await connection.close()
             raise
@@ -218,7 +315,8 @@ class AsyncSandbox:
                 gateway takes.
 
         Returns:
-            A handle on the sandbox; later calls address it by id, even if it was found by name.
+            A handle on the sandbox; later calls address it by id, even if it was found by name. A
+            paused sandbox is resumed first, so the handle is ready to use.
 
         Raises:
             NotFoundError: This API key has no such sandbox.
@@ -227,6 +325,8 @@ class AsyncSandbox:
         connection = Connection(resolve(api_key, endpoint, request_timeout))
         try:
             info = await _get(connection, sandbox)
+            if info.state is SandboxState.PAUSED:
+                info = await _resume(connection, info.id)
         except BaseException:
             await connection.close()
             raise
@@ -311,6 +411,151 @@ class AsyncSandbox:
 
     kill = HybridMethod(_kill, _kill_by_id)
 
+    async def set_timeout(self, timeout: float | None) -> SandboxInfo:
+        """Sets how long the sandbox may still live, counted from now.
+
+        Args:
+            timeout: Seconds until it is killed (fractions round up); None lets it live until killed.
+
+        Returns:
+            The sandbox as it is now, `expires_at` included.
+
+        Raises:
+            InvalidArgumentError: timeout is negative or too large.
+            SandboxError: The sandbox is no longer running.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await _set_timeout(self._connection, self.id, timeout)
+
+    async def get_preview_url(self, port: int, expires_in: float = 3600) -> str:
+        """A URL that reaches a port inside the sandbox from outside, through the preview edge.
+
+        Anything listening on the port in the sandbox (on any address) answers: HTTP, including
+        WebSocket upgrades. For a private port (the default) the URL carries a signed token that
+        opens this port of this sandbox only, until it expires; a public port needs none (see
+        `set_port_public`).
+
+        Args:
+            port: The port inside the sandbox, 1 to 65535.
+            expires_in: Seconds the URL's token stays valid; at most 30 days.
+
+        Returns:
+            The URL, e.g. "http://8080-sb-abc.localhost:50080/?hutch_token=...".
+
+        Raises:
+            InvalidArgumentError: The port or expires_in is out of range.
+            SandboxError: The sandbox is not running.
+            HutchError: Another failure; the subclass says which.
+        """
+        return (await _preview(self._connection, self.id, port, expires_in)).url
+
+    async def get_host(self, port: int) -> str:
+        """The host (and, where it is not the scheme's default, the port) that reaches a sandbox port.
+
+        Args:
+            port: The port inside the sandbox, 1 to 65535.
+
+        Returns:
+            E.g. "8080-sb-abc.localhost:50080". Requests to it need a token unless the port is
+            public: use `get_preview_url` for a URL that carries one.
+
+        Raises:
+            InvalidArgumentError: The port is out of range.
+            HutchError: Another failure; the subclass says which.
+        """
+        return _host_of(await _preview(self._connection, self.id, port, 3600))
+
+    async def set_port_public(self, port: int, public: bool = True) -> SandboxInfo:
+        """Lets anyone reach a sandbox port through the preview edge without a token, or stops that.
+
+        Args:
+            port: The port inside the sandbox, 1 to 65535.
+            public: True to open it to everyone, False to require a token again.
+
+        Returns:
+            The sandbox as it is now, `public_ports` included.
+
+        Raises:
+            InvalidArgumentError: The port is out of range.
+            SandboxError: The sandbox is not running.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await _set_port_visibility(self._connection, self.id, port, public)
+
+    async def snapshot(self, name: str | None = None, labels: Mapping[str, str] | None = None) -> SnapshotInfo:
+        """Captures the sandbox as it is now, while it keeps running; returns once the snapshot is stored.
+
+        A container sandbox's snapshot holds its filesystem; a gVisor sandbox's also its memory and
+        running processes. Start new sandboxes from it with `create(snapshot=...)`.
+
+        Args:
+            name: A name unique among your snapshots (lowercase letters, digits and '-').
+            labels: Key/value pairs to describe it.
+
+        Raises:
+            SandboxError: The sandbox is not running.
+            AlreadyExistsError: A snapshot already has that name.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await take_snapshot(self._connection, self.id, name, labels)
+
+    async def _pause(self) -> SandboxInfo:
+        """Snapshots the sandbox and frees its CPU and memory; it stays paused until resumed.
+
+        Its files (and under gVisor its running processes) are kept in the snapshot. While paused,
+        commands and file calls fail with SandboxError, and its timeout does not run. Pausing a
+        paused sandbox changes nothing. Call it on the class with an id or name,
+        `await AsyncSandbox.pause("sb-...")`, to pause a sandbox without connecting to it.
+
+        Returns:
+            The sandbox, now paused.
+
+        Raises:
+            SandboxError: The sandbox is still starting, or is being killed or has ended.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await _pause(self._connection, self.id)
+
+    pause = HybridMethod(_pause, _pause_by_id)
+
+    async def _resume(self) -> SandboxInfo:
+        """Starts a paused sandbox again from its snapshot and returns once it runs.
+
+        Resuming a running sandbox changes nothing. Call it on the class with an id or name,
+        `await AsyncSandbox.resume("sb-...")`; `connect` resumes a paused sandbox too.
+
+        Returns:
+            The sandbox, running.
+
+        Raises:
+            ResourceExhaustedError: No node has room for it now; it stays paused.
+            SandboxError: It is being killed or has ended.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await _resume(self._connection, self.id)
+
+    resume = HybridMethod(_resume, _resume_by_id)
+
+    async def fork(self, count: int = 1, metadata: Mapping[str, str] | None = None) -> builtins.list[Self]:
+        """New sandboxes that start with this one's state; returns once they all run.
+
+        Each child gets a copy of the files (under gVisor also of the memory and running
+        processes, which go on in each child on their own), this sandbox's template, isolation
+        class, resources, environment and timeout, and its metadata with `metadata` on top. All or
+        nothing: if one cannot start, none is kept.
+
+        Args:
+            count: How many, 1 to 100.
+            metadata: Added to each child's metadata.
+
+        Raises:
+            SandboxError: The sandbox is not running.
+            ResourceExhaustedError: There is no room for all of them.
+            HutchError: Another failure; the subclass says which.
+        """
+        children = await _fork(self._connection, self.id, count, metadata)
+        return [type(self)(info, Connection(self._connection.config)) for info in children]
+
     async def close(self) -> None:
         """Closes the channel to the gateway without killing the sandbox.
 
@@ -387,6 +632,28 @@ def _kill_by_id_sync(
     return PORTAL.run(_kill_by_id(sandbox_id, api_key=api_key, endpoint=endpoint, request_timeout=request_timeout))
 
 
+def _pause_by_id_sync(
+    sandbox_id: str,
+    *,
+    api_key: str | None = None,
+    endpoint: str | None = None,
+    request_timeout: float | None = None,
+) -> SandboxInfo:
+    """Pauses a sandbox by id or name: `Sandbox.pause("sb-...")`. See `pause`."""
+    return PORTAL.run(_pause_by_id(sandbox_id, api_key=api_key, endpoint=endpoint, request_timeout=request_timeout))
+
+
+def _resume_by_id_sync(
+    sandbox_id: str,
+    *,
+    api_key: str | None = None,
+    endpoint: str | None = None,
+    request_timeout: float | None = None,
+) -> SandboxInfo:
+    """Resumes a sandbox by id or name: `Sandbox.resume("sb-...")`. See `resume`."""
+    return PORTAL.run(_resume_by_id(sandbox_id, api_key=api_key, endpoint=endpoint, request_timeout=request_timeout))
+
+
 class Sandbox:
     """A sandbox: a computer of its own.
 
@@ -402,12 +669,14 @@ class Sandbox:
     Attributes:
         commands: Runs commands in the sandbox.
         files: Reads and writes the sandbox's files.
+        pty: Starts interactive terminals in the sandbox.
     """
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._async = sandbox
         self.commands = Commands(sandbox.commands)
         self.files = Files(sandbox.files)
+        self.pty = Pty(sandbox.pty)
 
     @property
     def id(self) -> str:
@@ -425,9 +694,9 @@ class Sandbox:
     @classmethod
     def create(
         cls,
-        template: str = "base",
-        cpu: float = 1,
-        memory_mb: int = 512,
+        template: str | None = None,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
         name: str | None = None,
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,
@@ -435,6 +704,7 @@ class Sandbox:
         *,
         isolation: str = "auto",
         trust: str | None = None,
+        snapshot: str | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -442,9 +712,9 @@ class Sandbox:
         """Creates a sandbox and returns once it runs.
 
         Args:
-            template: The template to start from.
-            cpu: vCPUs, e.g. 0.5 or 2.
-            memory_mb: Memory in MiB.
+            template: The template to start from; None: "base" (with `snapshot`, the snapshot's).
+            cpu: vCPUs, e.g. 0.5 or 2; None: 1 (with `snapshot`, what its sandbox had).
+            memory_mb: Memory in MiB; None: 512 (with `snapshot`, what its sandbox had).
             name: A name unique among this key's live sandboxes: lowercase letters, digits and '-',
                 1 to 63 characters. `connect` and the CLI accept it in place of the id.
             metadata: Key/value pairs to find the sandbox by later (`list(metadata=...)`).
@@ -454,6 +724,9 @@ class Sandbox:
                 the code and the host, for untrusted code) or "auto": chosen from `trust`.
             trust: "trusted" or "untrusted"; None means the tenant's default. With "auto",
                 untrusted code runs under gVisor.
+            snapshot: Start from this snapshot (id or name) instead of the bare template: its files,
+                and for a gVisor snapshot its running processes. Its template and isolation class
+                are the snapshot's; its environment variables too, unless `envs` overrides them.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -465,8 +738,9 @@ class Sandbox:
 
         Raises:
             AuthenticationError: No API key is configured, or the gateway rejects it.
-            NotFoundError: The template does not exist.
-            InvalidArgumentError: An argument is out of range, e.g. a malformed name.
+            NotFoundError: The template or the snapshot does not exist.
+            InvalidArgumentError: An argument is out of range, e.g. a malformed name, or contradicts
+                the snapshot (another template or isolation class).
             AlreadyExistsError: The name is taken.
             ResourceExhaustedError: No capacity, or a quota is reached.
             SandboxError: The sandbox failed to start; the message says why.
@@ -484,6 +758,7 @@ class Sandbox:
                     timeout,
                     isolation=isolation,
                     trust=trust,
+                    snapshot=snapshot,
                     api_key=api_key,
                     endpoint=endpoint,
                     request_timeout=request_timeout,
@@ -510,7 +785,8 @@ class Sandbox:
                 gateway takes.
 
         Returns:
-            A handle on the sandbox; later calls address it by id, even if it was found by name.
+            A handle on the sandbox; later calls address it by id, even if it was found by name. A
+            paused sandbox is resumed first, so the handle is ready to use.
 
         Raises:
             NotFoundError: This API key has no such sandbox.
@@ -591,6 +867,150 @@ class Sandbox:
         return PORTAL.run(self._async.kill())
 
     kill = HybridMethod(_kill, _kill_by_id_sync)
+
+    def set_timeout(self, timeout: float | None) -> SandboxInfo:
+        """Sets how long the sandbox may still live, counted from now.
+
+        Args:
+            timeout: Seconds until it is killed (fractions round up); None lets it live until killed.
+
+        Returns:
+            The sandbox as it is now, `expires_at` included.
+
+        Raises:
+            InvalidArgumentError: timeout is negative or too large.
+            SandboxError: The sandbox is no longer running.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.set_timeout(timeout))
+
+    def get_preview_url(self, port: int, expires_in: float = 3600) -> str:
+        """A URL that reaches a port inside the sandbox from outside, through the preview edge.
+
+        Anything listening on the port in the sandbox (on any address) answers: HTTP, including
+        WebSocket upgrades. For a private port (the default) the URL carries a signed token that
+        opens this port of this sandbox only, until it expires; a public port needs none (see
+        `set_port_public`).
+
+        Args:
+            port: The port inside the sandbox, 1 to 65535.
+            expires_in: Seconds the URL's token stays valid; at most 30 days.
+
+        Returns:
+            The URL, e.g. "http://8080-sb-abc.localhost:50080/?hutch_token=...".
+
+        Raises:
+            InvalidArgumentError: The port or expires_in is out of range.
+            SandboxError: The sandbox is not running.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.get_preview_url(port, expires_in))
+
+    def get_host(self, port: int) -> str:
+        """The host (and, where it is not the scheme's default, the port) that reaches a sandbox port.
+
+        Args:
+            port: The port inside the sandbox, 1 to 65535.
+
+        Returns:
+            E.g. "8080-sb-abc.localhost:50080". Requests to it need a token unless the port is
+            public: use `get_preview_url` for a URL that carries one.
+
+        Raises:
+            InvalidArgumentError: The port is out of range.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.get_host(port))
+
+    def set_port_public(self, port: int, public: bool = True) -> SandboxInfo:
+        """Lets anyone reach a sandbox port through the preview edge without a token, or stops that.
+
+        Args:
+            port: The port inside the sandbox, 1 to 65535.
+            public: True to open it to everyone, False to require a token again.
+
+        Returns:
+            The sandbox as it is now, `public_ports` included.
+
+        Raises:
+            InvalidArgumentError: The port is out of range.
+            SandboxError: The sandbox is not running.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.set_port_public(port, public))
+
+    def snapshot(self, name: str | None = None, labels: Mapping[str, str] | None = None) -> SnapshotInfo:
+        """Captures the sandbox as it is now, while it keeps running; returns once the snapshot is stored.
+
+        A container sandbox's snapshot holds its filesystem; a gVisor sandbox's also its memory and
+        running processes. Start new sandboxes from it with `create(snapshot=...)`.
+
+        Args:
+            name: A name unique among your snapshots (lowercase letters, digits and '-').
+            labels: Key/value pairs to describe it.
+
+        Raises:
+            SandboxError: The sandbox is not running.
+            AlreadyExistsError: A snapshot already has that name.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.snapshot(name, labels))
+
+    def _pause(self) -> SandboxInfo:
+        """Snapshots the sandbox and frees its CPU and memory; it stays paused until resumed.
+
+        Its files (and under gVisor its running processes) are kept in the snapshot. While paused,
+        commands and file calls fail with SandboxError, and its timeout does not run. Pausing a
+        paused sandbox changes nothing. Call it on the class with an id or name,
+        `Sandbox.pause("sb-...")`, to pause a sandbox without connecting to it.
+
+        Returns:
+            The sandbox, now paused.
+
+        Raises:
+            SandboxError: The sandbox is still starting, or is being killed or has ended.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.pause())
+
+    pause = HybridMethod(_pause, _pause_by_id_sync)
+
+    def _resume(self) -> SandboxInfo:
+        """Starts a paused sandbox again from its snapshot and returns once it runs.
+
+        Resuming a running sandbox changes nothing. Call it on the class with an id or name,
+        `Sandbox.resume("sb-...")`; `connect` resumes a paused sandbox too.
+
+        Returns:
+            The sandbox, running.
+
+        Raises:
+            ResourceExhaustedError: No node has room for it now; it stays paused.
+            SandboxError: It is being killed or has ended.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.resume())
+
+    resume = HybridMethod(_resume, _resume_by_id_sync)
+
+    def fork(self, count: int = 1, metadata: Mapping[str, str] | None = None) -> builtins.list[Self]:
+        """New sandboxes that start with this one's state; returns once they all run.
+
+        Each child gets a copy of the files (under gVisor also of the memory and running
+        processes, which go on in each child on their own), this sandbox's template, isolation
+        class, resources, environment and timeout, and its metadata with `metadata` on top. All or
+        nothing: if one cannot start, none is kept.
+
+        Args:
+            count: How many, 1 to 100.
+            metadata: Added to each child's metadata.
+
+        Raises:
+            SandboxError: The sandbox is not running.
+            ResourceExhaustedError: There is no room for all of them.
+            HutchError: Another failure; the subclass says which.
+        """
+        return [type(self)(child) for child in PORTAL.run(self._async.fork(count, metadata))]
 
     def close(self) -> None:
         """Closes the channel to the gateway without killing the sandbox.

@@ -9,19 +9,38 @@ from hutch.core.bus import Bus, ConsumerSpec, nodes_bucket, sandbox_stream
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.core.nodes import NodeDirectory
-from hutch.v1 import files_pb2_grpc, process_pb2_grpc, sandbox_pb2_grpc, templates_pb2_grpc
+from hutch.v1 import (
+    files_pb2_grpc,
+    process_pb2_grpc,
+    sandbox_pb2_grpc,
+    snapshot_pb2_grpc,
+    templates_pb2_grpc,
+    usage_pb2_grpc,
+)
 from hutch_gateway import store, tenants
 from hutch_gateway.auth import Authenticator
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits
-from hutch_gateway.grpc_api import FilesServicer, ProcessesServicer, SandboxesServicer, TemplatesServicer
+from hutch_gateway.grpc_api import (
+    FilesServicer,
+    ProcessesServicer,
+    SandboxesServicer,
+    SnapshotsServicer,
+    TemplatesServicer,
+)
+from hutch_gateway.janitor import SnapshotJanitor
+from hutch_gateway.node_snapshots import NodeSnapshotCalls
 from hutch_gateway.preview import PreviewSite, derive_secret
 from hutch_gateway.preview_edge import PreviewEdge
 from hutch_gateway.projection import SandboxProjection
+from hutch_gateway.sandbox_snapshots import SandboxSnapshots
 from hutch_gateway.service import SandboxService
 from hutch_gateway.settings import GatewaySettings
+from hutch_gateway.snapshot_catalog import SnapshotCatalog
+from hutch_gateway.snapshot_store import SnapshotStoreChannel
 from hutch_gateway.templates import TemplateService
+from hutch_gateway.usage_proxy import BillingChannel, UsageProxy
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +72,33 @@ async def run(settings: GatewaySettings) -> None:
                     options.preview_secret.get_secret_value(), settings.internal_token.get_secret_value()
                 ),
             )
-            service = SandboxService(pool, relay, feed, nodes, options, region, preview)
+            snapshot_store = SnapshotStoreChannel(
+                options.snapshot_store_address, settings.internal_token.get_secret_value()
+            )
+            node_snapshots = NodeSnapshotCalls(channels, nodes, options.snapshot_timeout_s)
+            janitor = SnapshotJanitor(snapshot_store, node_snapshots)
+            service = SandboxService(
+                pool, relay, feed, nodes, options, region, preview, snapshots=snapshot_store, janitor=janitor
+            )
+            sandbox_snapshots = SandboxSnapshots(
+                pool, relay, feed, service, node_snapshots, snapshot_store, janitor, options, region
+            )
+            catalog = SnapshotCatalog(pool, snapshot_store, service, janitor)
             auth = Authenticator(lambda digest: store.tenant_for_key_hash(pool, digest), options.api_key_cache_s)
             limits = Limits(options.max_cpu_millis, options.max_memory_mb)
             templates = TemplateService(pool, nodes, channels)
+            billing = BillingChannel(
+                options.billing_meter_address,
+                settings.internal_token.get_secret_value(),
+                settings.grpc.max_message_bytes,
+            )
 
             server = await serve(
                 settings.grpc,
                 [
                     (
                         sandbox_pb2_grpc.add_SandboxesServicer_to_server,
-                        SandboxesServicer(auth, service, limits),
+                        SandboxesServicer(auth, service, limits, sandbox_snapshots),
                         "hutch.v1.Sandboxes",
                     ),
                     (
@@ -80,6 +115,12 @@ async def run(settings: GatewaySettings) -> None:
                         templates_pb2_grpc.add_TemplatesServicer_to_server,
                         TemplatesServicer(auth, templates),
                         "hutch.v1.Templates",
+                    ),
+                    (usage_pb2_grpc.add_UsageServicer_to_server, UsageProxy(auth, billing), "hutch.v1.Usage"),
+                    (
+                        snapshot_pb2_grpc.add_SnapshotsServicer_to_server,
+                        SnapshotsServicer(auth, catalog),
+                        "hutch.v1.Snapshots",
                     ),
                 ],
             )
@@ -109,10 +150,13 @@ async def run(settings: GatewaySettings) -> None:
                     relay.run(shutdown),
                     feed.run(shutdown),
                     nodes.run(shutdown),
-                    bus.consume(projection, SandboxProjection(pool, relay, region), shutdown),
+                    bus.consume(projection, SandboxProjection(pool, relay, region, janitor), shutdown),
                 )
             finally:
                 if edge is not None:
                     edge.close()
                 await server.stop()
+                await janitor.close()
                 await channels.close()
+                await billing.close()
+                await snapshot_store.close()

@@ -34,10 +34,16 @@ class State(StrEnum):
     STOPPING = "stopping"
     KILLED = "killed"
     FAILED = "failed"
+    # Its state is in a snapshot and no node holds it; a resume starts it again.
+    PAUSED = "paused"
 
     @property
     def ended(self) -> bool:
         return self in (State.KILLED, State.FAILED)
+
+
+# What List shows when no states are asked for: every sandbox that still holds its name.
+LIVE_STATES = (State.PENDING, State.RUNNING, State.STOPPING, State.PAUSED)
 
 
 def new_id(prefix: str) -> str:
@@ -58,6 +64,9 @@ class CreateRequest:
     # As asked: "auto", "container" or "gvisor", and "trusted"/"untrusted"/"" (see isolation.py).
     isolation: str = ""
     trust: str = ""
+    # Start from this snapshot (id or name); template, isolation and resources left empty above
+    # are then the snapshot's (see snapshot_rules.restore_request).
+    snapshot: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,39 @@ class SandboxRecord:
     isolation: str = "container"
     expires_at: datetime | None = None
     public_ports: tuple[int, ...] = ()
+    source_snapshot: str = ""
+    forked_from: str = ""
+    # Its latest pause snapshot and the node that pause happened on (see migration 0006).
+    paused_snapshot: str = ""
+    paused_node: str | None = None
+    # The snapshot its current start is from ("" for a plain create); in its events' ids.
+    incarnation: str = ""
+    # While paused: what was left of its timeout (None: the whole timeout applies from its start).
+    timeout_left_s: int | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resuming(self) -> bool:
+        """Pending because it is being started again from its pause snapshot."""
+        return self.state == State.PENDING and bool(self.paused_snapshot) and self.incarnation == self.paused_snapshot
 
     def error(self) -> errors.HutchError:
         """The error a FAILED sandbox reports to whoever waited for it."""
         return errors.error_for_code(self.error_code or "internal", self.state_reason or "the sandbox failed")
+
+
+def restart_request(record: SandboxRecord) -> CreateRequest:
+    """The request that starts this sandbox again as it was made (a resume; a fork's children)."""
+    return CreateRequest(
+        template=record.template,
+        name=record.name,
+        cpu_millis=record.cpu_millis,
+        memory_mb=record.memory_mb,
+        metadata=dict(record.metadata),
+        envs=dict(record.envs),
+        timeout_seconds=record.timeout_seconds,
+        isolation=record.isolation,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,33 +143,44 @@ def validate_create(
     limits: Limits,
     isolation: str = "",
     trust: str = "",
+    snapshot: str = "",
 ) -> CreateRequest:
-    """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field."""
-    template = template or DEFAULT_TEMPLATE
-    if not _TEMPLATE.match(template):
+    """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field.
+
+    With a snapshot, an empty template and zero resources stay empty: they are the snapshot's, and
+    `snapshot_rules.restore_request` fills them in once it is known.
+    """
+    template = template or ("" if snapshot else DEFAULT_TEMPLATE)
+    if template and not _TEMPLATE.match(template):
         raise errors.InvalidArgument(
             f"template {template!r} is not a valid template name (lowercase letters, digits, '.', '_', '-')"
         )
     if name:
         check_name(name)
-    cpu_millis = cpu_millis or DEFAULT_CPU_MILLIS
-    if not MIN_CPU_MILLIS <= cpu_millis <= limits.max_cpu_millis:
+    if not snapshot:
+        cpu_millis = cpu_millis or DEFAULT_CPU_MILLIS
+        memory_mb = memory_mb or DEFAULT_MEMORY_MB
+    check_resources(cpu_millis, memory_mb, limits)
+    if timeout_seconds > MAX_TIMEOUT_S:
+        raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
+    check_metadata(metadata)
+    _check_envs(envs)
+    return CreateRequest(
+        template, name, cpu_millis, memory_mb, dict(metadata), dict(envs), timeout_seconds, isolation, trust, snapshot
+    )
+
+
+def check_resources(cpu_millis: int, memory_mb: int, limits: Limits) -> None:
+    """Checks what a sandbox asks for; 0 passes (it means "the default", filled in elsewhere)."""
+    if cpu_millis and not MIN_CPU_MILLIS <= cpu_millis <= limits.max_cpu_millis:
         raise errors.InvalidArgument(
             f"cpu must be between {MIN_CPU_MILLIS / 1000:g} and {limits.max_cpu_millis / 1000:g} vCPUs "
             f"(got {cpu_millis / 1000:g})"
         )
-    memory_mb = memory_mb or DEFAULT_MEMORY_MB
-    if not MIN_MEMORY_MB <= memory_mb <= limits.max_memory_mb:
+    if memory_mb and not MIN_MEMORY_MB <= memory_mb <= limits.max_memory_mb:
         raise errors.InvalidArgument(
             f"memory_mb must be between {MIN_MEMORY_MB} and {limits.max_memory_mb} (got {memory_mb})"
         )
-    if timeout_seconds > MAX_TIMEOUT_S:
-        raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
-    _check_metadata(metadata)
-    _check_envs(envs)
-    return CreateRequest(
-        template, name, cpu_millis, memory_mb, dict(metadata), dict(envs), timeout_seconds, isolation, trust
-    )
 
 
 def check_template_name(name: str) -> None:
@@ -151,16 +200,15 @@ def check_name(name: str) -> None:
         raise errors.InvalidArgument(f"name {name!r} may not start with {SANDBOX_ID_PREFIX!r}, which marks sandbox ids")
 
 
-def _check_metadata(metadata: dict[str, str]) -> None:
+def check_metadata(metadata: dict[str, str], what: str = "metadata") -> None:
+    """Checks key/value pairs: a sandbox's metadata, or a snapshot's labels (`what` names them)."""
     if len(metadata) > MAX_METADATA:
-        raise errors.InvalidArgument(f"at most {MAX_METADATA} metadata entries are allowed (got {len(metadata)})")
+        raise errors.InvalidArgument(f"at most {MAX_METADATA} {what} entries are allowed (got {len(metadata)})")
     for key, value in metadata.items():
         if not _METADATA_KEY.match(key):
-            raise errors.InvalidArgument(
-                f"metadata key {key!r} is not valid: 1-128 letters, digits, '.', '_', '/', '-'"
-            )
+            raise errors.InvalidArgument(f"{what} key {key!r} is not valid: 1-128 letters, digits, '.', '_', '/', '-'")
         if len(value) > 1024:
-            raise errors.InvalidArgument(f"metadata value for {key!r} is longer than 1024 characters")
+            raise errors.InvalidArgument(f"{what} value for {key!r} is longer than 1024 characters")
 
 
 def _check_envs(envs: dict[str, str]) -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hutch.core import events
-from hutch.core.events import Envelope
+from hutch.core.events import Envelope, sandbox_event_id
 from hutch.events.v1 import node_pb2
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch.v1 import sandbox_pb2
 from hutch_gateway.domain import CreateRequest, SandboxRecord
 
 
-def requested(record: SandboxRecord, request: CreateRequest, template_key: str) -> Envelope[ev.SandboxRequested]:
+def requested(
+    record: SandboxRecord, request: CreateRequest, template_key: str, *, prefer_node: str = ""
+) -> Envelope[ev.SandboxRequested]:
+    """Asks for a start of the sandbox: its first, or (with an incarnation) one from a snapshot."""
+    timeout = record.timeout_seconds if record.timeout_left_s is None else record.timeout_left_s
     spec = ev.SandboxSpec(
         sandbox_id=record.id,
         tenant_id=record.tenant_id,
@@ -19,16 +25,30 @@ def requested(record: SandboxRecord, request: CreateRequest, template_key: str) 
         resources=sandbox_pb2.Resources(cpu_millis=record.cpu_millis, memory_mb=record.memory_mb),
         envs=request.envs,
         metadata=record.metadata,
-        timeout_seconds=record.timeout_seconds,
+        timeout_seconds=timeout,
         region=record.region,
         isolation=record.isolation,
+        snapshot_id=record.incarnation,
+        prefer_node=prefer_node,
     )
     return Envelope(
         kind=events.SANDBOX_REQUESTED,
         payload=ev.SandboxRequested(spec=spec),
         tenant=record.tenant_id,
         sandbox=record.id,
-        id=f"{record.id}.requested",
+        id=sandbox_event_id(record.id, "requested", record.incarnation),
+    )
+
+
+def paused(record: SandboxRecord, node_id: str, snapshot_id: str) -> Envelope[ev.SandboxPaused]:
+    payload = ev.SandboxPaused(sandbox_id=record.id, node_id=node_id, snapshot_id=snapshot_id)
+    payload.paused_at.FromDatetime(datetime.now(UTC))
+    return Envelope(
+        kind=events.SANDBOX_PAUSED,
+        payload=payload,
+        tenant=record.tenant_id,
+        sandbox=record.id,
+        id=sandbox_event_id(record.id, "paused", snapshot_id),
     )
 
 

@@ -1,6 +1,7 @@
 """The public gRPC API. Thin: authenticate, convert, delegate, convert back.
 
-Sandboxes calls go to the SandboxService. Processes and Files calls are proxied to the node-agent
+Sandboxes calls go to the SandboxService (snapshots, pauses, resumes and forks to SandboxSnapshots);
+Snapshots calls to the SnapshotCatalog. Processes and Files calls are proxied to the node-agent
 that runs the sandbox, after the sandbox reference (id or name) has been resolved within the
 caller's tenant and replaced by the sandbox id.
 """
@@ -26,6 +27,8 @@ from hutch.v1 import (
     process_pb2_grpc,
     sandbox_pb2,
     sandbox_pb2_grpc,
+    snapshot_pb2,
+    snapshot_pb2_grpc,
     templates_pb2,
     templates_pb2_grpc,
 )
@@ -33,7 +36,9 @@ from hutch_gateway import convert
 from hutch_gateway.auth import Authenticator, key_from_metadata
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits, validate_create
+from hutch_gateway.sandbox_snapshots import SandboxSnapshots
 from hutch_gateway.service import SandboxService
+from hutch_gateway.snapshot_catalog import SnapshotCatalog, describe
 from hutch_gateway.templates import TemplateService
 
 R = TypeVar("R", bound=Message)
@@ -49,10 +54,13 @@ class _Authenticated:
 
 
 class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
-    def __init__(self, auth: Authenticator, service: SandboxService, limits: Limits) -> None:
+    def __init__(
+        self, auth: Authenticator, service: SandboxService, limits: Limits, snapshots: SandboxSnapshots
+    ) -> None:
         super().__init__(auth)
         self._service = service
         self._limits = limits
+        self._snapshots = snapshots
 
     async def Create(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = await self._tenant(context)
@@ -67,6 +75,7 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             limits=self._limits,
             isolation=request.isolation,
             trust=request.trust,
+            snapshot=request.snapshot,
         )
         return convert.sandbox(await self._service.create(tenant, create))
 
@@ -110,6 +119,57 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
         tenant = await self._tenant(context)
         record = await self._service.set_port_visibility(tenant, request.sandbox, request.port, request.public)
         return convert.sandbox(record)
+
+    async def Snapshot(self, request: sandbox_pb2.SnapshotSandboxRequest, context: Context) -> snapshot_pb2.Snapshot:
+        tenant = await self._tenant(context)
+        manifest = await self._snapshots.snapshot(tenant, request.sandbox, request.name, dict(request.labels))
+        return describe(manifest)
+
+    async def Pause(self, request: sandbox_pb2.PauseSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        return convert.sandbox(await self._snapshots.pause(tenant, request.sandbox))
+
+    async def Resume(self, request: sandbox_pb2.ResumeSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        return convert.sandbox(await self._snapshots.resume(tenant, request.sandbox))
+
+    async def Fork(self, request: sandbox_pb2.ForkSandboxRequest, context: Context) -> sandbox_pb2.ForkSandboxResponse:
+        tenant = await self._tenant(context)
+        children, snapshot_id = await self._snapshots.fork(
+            tenant, request.sandbox, request.count, dict(request.metadata)
+        )
+        return sandbox_pb2.ForkSandboxResponse(
+            sandboxes=[convert.sandbox(child) for child in children], snapshot_id=snapshot_id
+        )
+
+
+class SnapshotsServicer(_Authenticated, snapshot_pb2_grpc.SnapshotsServicer):
+    def __init__(self, auth: Authenticator, catalog: SnapshotCatalog) -> None:
+        super().__init__(auth)
+        self._catalog = catalog
+
+    async def List(
+        self, request: snapshot_pb2.ListSnapshotsRequest, context: Context
+    ) -> snapshot_pb2.ListSnapshotsResponse:
+        tenant = await self._tenant(context)
+        return await self._catalog.list(
+            tenant, request.sandbox, list(request.purposes), request.page_size, request.page_token
+        )
+
+    async def Get(self, request: snapshot_pb2.GetSnapshotRequest, context: Context) -> snapshot_pb2.Snapshot:
+        tenant = await self._tenant(context)
+        return await self._catalog.get(tenant, request.snapshot)
+
+    async def Delete(
+        self, request: snapshot_pb2.DeleteSnapshotRequest, context: Context
+    ) -> snapshot_pb2.DeleteSnapshotResponse:
+        tenant = await self._tenant(context)
+        await self._catalog.delete(tenant, request.snapshot)
+        return snapshot_pb2.DeleteSnapshotResponse()
+
+    async def Usage(self, request: snapshot_pb2.SnapshotUsageRequest, context: Context) -> snapshot_pb2.SnapshotUsage:
+        tenant = await self._tenant(context)
+        return await self._catalog.usage(tenant)
 
 
 class _Proxy(_Authenticated):

@@ -1,7 +1,9 @@
 """Keeps sandbox records in step with what the scheduler and the nodes report.
 
 Each event moves a record only forward from the states it may come from, so replays and
-redeliveries change nothing the second time.
+redeliveries change nothing the second time. A sandbox that was paused starts again under the same
+id; the ids of `placed`, `started` and `failed` name the start they belong to (its incarnation, see
+`hutch.core.events.sandbox_event_id`), and one that belongs to an earlier start changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from hutch.core.events import Envelope
 from hutch.core.outbox import OutboxRelay
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch_gateway import events_out, store
-from hutch_gateway.domain import State
+from hutch_gateway.domain import SandboxRecord, State
+from hutch_gateway.janitor import SnapshotJanitor
 
 log = logging.getLogger(__name__)
 
@@ -31,48 +34,63 @@ STOP_REASONS = {
 
 
 class SandboxProjection:
-    def __init__(self, db: asyncpg.Pool, relay: OutboxRelay, region: str) -> None:
+    def __init__(
+        self, db: asyncpg.Pool, relay: OutboxRelay, region: str, janitor: SnapshotJanitor | None = None
+    ) -> None:
         self._db = db
         self._relay = relay
         self._region = region
+        self._janitor = janitor
 
     async def __call__(self, envelope: Envelope[Message]) -> None:
         kind = envelope.kind
+        ended: SandboxRecord | None = None
         async with self._db.acquire() as conn, conn.transaction():
             if kind is events.SANDBOX_PLACED:
                 placed = cast(ev.SandboxPlaced, envelope.payload)
-                await store.set_node(conn, placed.sandbox_id, placed.node_id)
+                incarnation = events.incarnation_of(envelope.id, placed.sandbox_id)
+                await store.set_node(conn, placed.sandbox_id, placed.node_id, incarnation)
             elif kind is events.SANDBOX_STARTED:
-                await self._started(conn, cast(ev.SandboxStarted, envelope.payload))
+                started = cast(ev.SandboxStarted, envelope.payload)
+                await self._started(conn, started, events.incarnation_of(envelope.id, started.sandbox_id))
             elif kind is events.SANDBOX_FAILED:
                 failed = cast(ev.SandboxFailed, envelope.payload)
-                await store.set_state(
-                    conn,
-                    failed.sandbox_id,
-                    State.FAILED,
-                    (State.PENDING, State.STOPPING),
-                    error_code=failed.code or "internal",
-                    reason=failed.message or "the sandbox failed to start",
-                )
+                ended = await self._failed(conn, failed, events.incarnation_of(envelope.id, failed.sandbox_id))
             elif kind is events.SANDBOX_STOPPED:
                 stopped = cast(ev.SandboxStopped, envelope.payload)
-                await store.set_state(
+                # A paused sandbox is on no node, so a stop cannot be its own: PAUSED is not among these.
+                ended = await store.set_state(
                     conn,
                     stopped.sandbox_id,
                     State.KILLED,
                     (State.PENDING, State.RUNNING, State.STOPPING),
                     reason=STOP_REASONS.get(stopped.reason, stopped.reason or "stopped"),
                 )
+        if ended is not None and ended.state.ended and ended.paused_snapshot and self._janitor is not None:
+            self._janitor.forget(ended.tenant_id, ended.paused_snapshot)  # its last pause's state is not needed
 
-    async def _started(self, conn: asyncpg.Connection, started: ev.SandboxStarted) -> None:
-        updated = await store.set_state(
+    async def _failed(
+        self, conn: asyncpg.Connection, failed: ev.SandboxFailed, incarnation: str | None
+    ) -> SandboxRecord | None:
+        code = failed.code or "internal"
+        if incarnation:
+            # A resume that failed leaves the sandbox paused: its snapshot still holds it.
+            reason = f"it could not be resumed: {failed.message or 'the node failed to start it'}"
+            if await store.back_to_paused(conn, failed.sandbox_id, incarnation, code, reason) is not None:
+                return None
+        return await store.set_state(
             conn,
-            started.sandbox_id,
-            State.RUNNING,
-            (State.PENDING,),
-            node_id=started.node_id,
-            started_at=started.started_at.ToDatetime(tzinfo=UTC),
+            failed.sandbox_id,
+            State.FAILED,
+            (State.PENDING, State.STOPPING),
+            error_code=code,
+            reason=failed.message or "the sandbox failed to start",
+            incarnation=incarnation,
         )
+
+    async def _started(self, conn: asyncpg.Connection, started: ev.SandboxStarted, incarnation: str | None) -> None:
+        when = started.started_at.ToDatetime(tzinfo=UTC)
+        updated = await store.mark_started(conn, started.sandbox_id, started.node_id, when, incarnation)
         if updated is not None:
             return
         record = await store.get(conn, started.sandbox_id)

@@ -1,4 +1,5 @@
-"""The gateway's use cases: create, get, list and kill sandboxes, and find the node that runs one.
+"""The gateway's use cases: create (also from a snapshot), get, list and kill sandboxes, and find the
+node that runs one. Snapshots, pauses, resumes and forks are in sandbox_snapshots.py.
 
 Every method takes the caller's tenant id first; a sandbox of another tenant is simply not found.
 """
@@ -15,17 +16,41 @@ import asyncpg
 from hutch.core import errors, events, outbox
 from hutch.core.nodes import NodeDirectory, NodeInfo
 from hutch.core.outbox import OutboxRelay
+from hutch.internal.v1 import snapshot_store_pb2
 from hutch_gateway import events_out, store, templates
 from hutch_gateway.changes import ChangeFeed
-from hutch_gateway.domain import MAX_TIMEOUT_S, SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id
+from hutch_gateway.domain import (
+    LIVE_STATES,
+    MAX_TIMEOUT_S,
+    SANDBOX_ID_PREFIX,
+    CreateRequest,
+    Limits,
+    SandboxRecord,
+    State,
+    new_id,
+)
 from hutch_gateway.isolation import choose_isolation
+from hutch_gateway.janitor import SnapshotJanitor
 from hutch_gateway.preview import DEFAULT_LIFETIME_S, MAX_LIFETIME_S, Grant, PreviewSite, sign
 from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
+from hutch_gateway.snapshot_rules import not_running, parse_spec, restore_request
+from hutch_gateway.snapshot_store import SnapshotStoreChannel
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Restore:
+    """A create from a snapshot, resolved: the request completed from the snapshot's spec."""
+
+    request: CreateRequest
+    snapshot_id: str
+    template_key: str
+    # The node that most likely still holds a copy: where the snapshot's sandbox ran.
+    prefer_node: str
 
 
 @dataclass(frozen=True)
@@ -46,8 +71,13 @@ class SandboxService:
         options: GatewayOptions,
         region: str,
         preview: PreviewSite,
+        *,
+        snapshots: SnapshotStoreChannel | None = None,
+        janitor: SnapshotJanitor | None = None,
     ) -> None:
         self._preview = preview
+        self._snapshots = snapshots
+        self._janitor = janitor
         self._db = db
         self._relay = relay
         self._feed = feed
@@ -58,23 +88,37 @@ class SandboxService:
         feed.on_change(self._routes.forget)
 
     async def create(self, tenant_id: str, request: CreateRequest) -> SandboxRecord:
+        restore = await self._restore(tenant_id, request) if request.snapshot else None
+        if restore is not None:
+            request = restore.request
         sandbox_id = new_id(SANDBOX_ID_PREFIX)
         async with self._db.acquire() as conn, conn.transaction():
-            template_key = await templates.resolve(conn, tenant_id, request.template)
-            self._check_template(request.template, template_key)
+            if restore is not None:
+                template_key = restore.template_key
+            else:
+                template_key = await templates.resolve(conn, tenant_id, request.template)
+                self._check_template(request.template, template_key)
             policy = await store.isolation_policy(conn, tenant_id)
             isolation = choose_isolation(request.isolation, request.trust, policy)
             self._check_isolation(isolation)
-            record = await store.insert_sandbox(conn, sandbox_id, tenant_id, request, self._region, isolation)
+            record = await store.insert_sandbox(
+                conn,
+                sandbox_id,
+                tenant_id,
+                request,
+                self._region,
+                isolation,
+                source_snapshot=restore.snapshot_id if restore else "",
+            )
             await outbox.stage(
                 conn,
                 events.SANDBOX_REQUESTED.subject(self._region),
-                events_out.requested(record, request, template_key),
+                events_out.requested(record, request, template_key, prefer_node=restore.prefer_node if restore else ""),
             )
         self._relay.kick()
         record = await self._feed.wait_until(
             sandbox_id,
-            lambda: self._reread(sandbox_id),
+            lambda: self.reread(sandbox_id),
             lambda r: r.state != State.PENDING,
             self._options.create_timeout_s,
             "a node to start it",
@@ -82,6 +126,20 @@ class SandboxService:
         if record.state == State.FAILED:
             raise record.error()
         return record
+
+    async def _restore(self, tenant_id: str, request: CreateRequest) -> Restore:
+        """Looks the snapshot up (NOT_FOUND for another tenant's) and completes the request from it."""
+        if self._snapshots is None:
+            raise errors.Unavailable("snapshots are not set up here")
+        manifest = await self._snapshots.get(tenant_id, request.snapshot)
+        memory = manifest.kind == snapshot_store_pb2.SNAPSHOT_KIND_MEMORY
+        spec = parse_spec(manifest.spec, memory=memory, snapshot_id=manifest.id)
+        limits = Limits(self._options.max_cpu_millis, self._options.max_memory_mb)
+        source = await store.get(self._db, manifest.sandbox_id) if manifest.sandbox_id else None
+        prefer = ""
+        if source is not None and source.tenant_id == tenant_id:
+            prefer = (source.paused_node if source.paused_snapshot == manifest.id else source.node_id) or ""
+        return Restore(restore_request(request, spec, manifest.id, limits), manifest.id, spec.template_key, prefer)
 
     def _check_template(self, template: str, key: str) -> None:
         if key != template:
@@ -115,11 +173,16 @@ class SandboxService:
     ) -> tuple[list[SandboxRecord], str]:
         if page_size > MAX_PAGE_SIZE:
             raise errors.InvalidArgument(f"page_size may be at most {MAX_PAGE_SIZE}")
-        wanted = states or [State.PENDING, State.RUNNING, State.STOPPING]
+        wanted = states or list(LIVE_STATES)
         return await store.list_for_tenant(self._db, tenant_id, metadata, wanted, page_size or 100, page_token)
 
     async def kill(self, tenant_id: str, ref: str) -> SandboxRecord:
         record = await self.get(tenant_id, ref)
+        if record.state == State.PAUSED:
+            killed = await self._kill_paused(record)
+            if killed is not None:
+                return killed
+            record = await self.get(tenant_id, record.id)  # resumed meanwhile: kill it as it is now
         if record.state.ended:
             raise errors.FailedPrecondition(f"sandbox {record.id} is already {record.state.value}")
         async with self._db.acquire() as conn, conn.transaction():
@@ -135,11 +198,19 @@ class SandboxService:
         self._relay.kick()
         return await self._feed.wait_until(
             record.id,
-            lambda: self._reread(record.id),
+            lambda: self.reread(record.id),
             lambda r: r.state.ended,
             self._options.kill_timeout_s,
             "its node to stop it",
         )
+
+    async def _kill_paused(self, record: SandboxRecord) -> SandboxRecord | None:
+        """A paused sandbox is on no node: it ends here and now, and its pause snapshot with it."""
+        async with self._db.acquire() as conn, conn.transaction():
+            killed = await store.set_state(conn, record.id, State.KILLED, (State.PAUSED,), reason="killed on request")
+        if killed is not None and killed.paused_snapshot and self._janitor is not None:
+            self._janitor.forget(killed.tenant_id, killed.paused_snapshot)
+        return killed
 
     async def set_timeout(self, tenant_id: str, ref: str, timeout_seconds: int) -> SandboxRecord:
         """Gives a running sandbox `timeout_seconds` more to live (0: until killed)."""
@@ -149,7 +220,7 @@ class SandboxService:
         async with self._db.acquire() as conn, conn.transaction():
             updated = await store.set_expiry(conn, record.id, timeout_seconds)
             if updated is None or not updated.node_id:
-                raise errors.FailedPrecondition(f"sandbox {record.id} is {record.state.value}, not running")
+                raise not_running(await self.reread(record.id))
             subject = events.node_command_subject(self._region, updated.node_id)
             await outbox.stage(conn, subject, events_out.deadline_command(updated))
         self._relay.kick()
@@ -189,16 +260,13 @@ class SandboxService:
             if record.state == State.RUNNING:
                 self._routes.put(tenant_id, ref, record)
         if record.state != State.RUNNING or not record.node_id:
-            raise errors.FailedPrecondition(
-                f"sandbox {record.id} is {record.state.value}, not running"
-                + (f" ({record.state_reason})" if record.state_reason else "")
-            )
+            raise not_running(record)
         node = self._nodes.get(record.node_id)
         if node is None or not self._nodes.is_alive(node):
             raise errors.Unavailable(f"node {record.node_id}, which runs sandbox {record.id}, is not answering")
         return record, node
 
-    async def _reread(self, sandbox_id: str) -> SandboxRecord:
+    async def reread(self, sandbox_id: str) -> SandboxRecord:
         record = await store.get(self._db, sandbox_id)
         if record is None:
             raise errors.Internal(f"sandbox {sandbox_id} disappeared from the database")

@@ -34,6 +34,14 @@ class GatewayOptions(BaseModel):
     preview_url_port: int = Field(default=0, ge=0, le=65535)
     # Signs preview tokens; derived from the internal token when empty.
     preview_secret: SecretStr = SecretStr("")
+    # host:port of the billing-meter, which serves the usage API behind the gateway; empty: the
+    # usage API answers UNAVAILABLE.
+    billing_meter_address: str = ""
+    # host:port of the snapshot-store, which holds snapshots; empty: Snapshot, Create from a snapshot
+    # and the Snapshots API answer UNAVAILABLE (pause, resume and forks still work within a node).
+    snapshot_store_address: str = ""
+    # How long a node may take to capture a sandbox (and, for Snapshot, to store it).
+    snapshot_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class GatewaySettings(ServiceSettings):

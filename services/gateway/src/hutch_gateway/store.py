@@ -21,12 +21,16 @@ CHANNEL = "hutch_sandbox"
 
 _COLUMNS = (
     "id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, timeout_seconds, region, "
-    "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation, expires_at, public_ports"
+    "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation, expires_at, public_ports, "
+    "source_snapshot, forked_from, paused_snapshot, paused_node, incarnation, timeout_left_s, envs"
 )
 
 
+def _json_object(value: str | dict[str, str]) -> dict[str, str]:
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
 def _record(row: asyncpg.Record) -> SandboxRecord:
-    metadata = row["metadata"]
     return SandboxRecord(
         id=row["id"],
         tenant_id=row["tenant_id"],
@@ -35,7 +39,7 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         state=State(row["state"]),
         cpu_millis=row["cpu_millis"],
         memory_mb=row["memory_mb"],
-        metadata=json.loads(metadata) if isinstance(metadata, str) else dict(metadata),
+        metadata=_json_object(row["metadata"]),
         timeout_seconds=row["timeout_seconds"],
         region=row["region"],
         node_id=row["node_id"],
@@ -47,6 +51,13 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         isolation=row["isolation"],
         expires_at=row["expires_at"],
         public_ports=tuple(row["public_ports"]),
+        source_snapshot=row["source_snapshot"],
+        forked_from=row["forked_from"],
+        paused_snapshot=row["paused_snapshot"],
+        paused_node=row["paused_node"],
+        incarnation=row["incarnation"],
+        timeout_left_s=row["timeout_left_s"],
+        envs=_json_object(row["envs"]),
     )
 
 
@@ -122,12 +133,17 @@ async def insert_sandbox(
     request: CreateRequest,
     region: str,
     isolation: str = "container",
+    *,
+    source_snapshot: str = "",
+    forked_from: str = "",
 ) -> SandboxRecord:
+    """A new pending sandbox; one made from a snapshot starts its life as that snapshot's incarnation."""
     try:
         row = await conn.fetchrow(
             f"INSERT INTO sandboxes (id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, "
-            f"timeout_seconds, region, isolation) "
-            f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10) RETURNING {_COLUMNS}",
+            f"timeout_seconds, region, isolation, envs, source_snapshot, forked_from, incarnation) "
+            f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10, $11::jsonb, $12, $13, $12) "
+            f"RETURNING {_COLUMNS}",
             sandbox_id,
             tenant_id,
             request.name,
@@ -138,6 +154,9 @@ async def insert_sandbox(
             request.timeout_seconds,
             region,
             isolation,
+            json.dumps(request.envs),
+            source_snapshot,
+            forked_from,
         )
     except asyncpg.UniqueViolationError:
         raise errors.AlreadyExists(
@@ -209,8 +228,10 @@ async def set_state(
     error_code: str = "",
     reason: str = "",
     started_at: datetime | None = None,
+    incarnation: str | None = None,
 ) -> SandboxRecord | None:
-    """Moves the sandbox to `new` if it is in one of `only_from`; returns the updated record or None."""
+    """Moves the sandbox to `new` if it is in one of `only_from` (and, when `incarnation` is given, its
+    current start is that one); returns the updated record or None."""
     row = await conn.fetchrow(
         f"""UPDATE sandboxes SET
                state = $2,
@@ -223,7 +244,7 @@ async def set_state(
                    THEN $7::timestamptz + make_interval(secs => timeout_seconds)
                    ELSE expires_at END,
                ended_at = CASE WHEN $2 IN ('killed', 'failed') THEN now() ELSE ended_at END
-           WHERE id = $1 AND state = ANY($3::text[])
+           WHERE id = $1 AND state = ANY($3::text[]) AND ($8::text IS NULL OR incarnation = $8)
            RETURNING {_COLUMNS}""",
         sandbox_id,
         new.value,
@@ -232,6 +253,7 @@ async def set_state(
         error_code,
         reason,
         started_at,
+        incarnation,
     )
     if row is None:
         return None
@@ -239,8 +261,15 @@ async def set_state(
     return _record(row)
 
 
-async def set_node(conn: asyncpg.Connection, sandbox_id: str, node_id: str) -> None:
-    await conn.execute("UPDATE sandboxes SET node_id = $2 WHERE id = $1 AND node_id IS NULL", sandbox_id, node_id)
+async def set_node(conn: asyncpg.Connection, sandbox_id: str, node_id: str, incarnation: str | None = None) -> None:
+    """Records where the scheduler placed the sandbox's current start (None: whichever start)."""
+    await conn.execute(
+        "UPDATE sandboxes SET node_id = $2 "
+        "WHERE id = $1 AND node_id IS NULL AND ($3::text IS NULL OR incarnation = $3)",
+        sandbox_id,
+        node_id,
+        incarnation,
+    )
 
 
 async def set_expiry(conn: asyncpg.Connection, sandbox_id: str, timeout_seconds: int) -> SandboxRecord | None:
@@ -272,3 +301,114 @@ async def set_port_visibility(db: asyncpg.Pool, sandbox_id: str, port: int, publ
     )
     await notify(db, sandbox_id)
     return _record(row)
+
+
+# -- starts, pauses and resumes ------------------------------------------------------------------
+
+
+async def lock(conn: asyncpg.Connection, sandbox_id: str) -> SandboxRecord | None:
+    """The sandbox's row, locked until the transaction ends: its state cannot change meanwhile."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = $1 FOR UPDATE", sandbox_id)
+    return _record(row) if row else None
+
+
+async def mark_started(
+    conn: asyncpg.Connection, sandbox_id: str, node_id: str, started_at: datetime, incarnation: str | None
+) -> SandboxRecord | None:
+    """PENDING -> RUNNING for the sandbox's current start (None: whichever). Its timeout counts from
+    now: all of it on the first start, what was left of it after a resume. `started_at` stays the
+    first start's."""
+    row = await conn.fetchrow(
+        f"""UPDATE sandboxes SET
+               state = 'running',
+               node_id = $2,
+               started_at = COALESCE(started_at, $3),
+               expires_at = CASE
+                   WHEN COALESCE(timeout_left_s, timeout_seconds) > 0
+                   THEN $3::timestamptz + make_interval(secs => COALESCE(timeout_left_s, timeout_seconds))
+                   ELSE NULL END,
+               timeout_left_s = NULL,
+               error_code = '',
+               state_reason = ''
+           WHERE id = $1 AND state = 'pending' AND ($4::text IS NULL OR incarnation = $4)
+           RETURNING {_COLUMNS}""",
+        sandbox_id,
+        node_id,
+        started_at,
+        incarnation,
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def mark_paused(conn: asyncpg.Connection, sandbox_id: str, snapshot_id: str) -> SandboxRecord | None:
+    """RUNNING -> PAUSED, held by `snapshot_id`; what is left of its timeout is kept for the resume."""
+    row = await conn.fetchrow(
+        f"""UPDATE sandboxes SET
+               state = 'paused',
+               paused_snapshot = $2,
+               paused_node = node_id,
+               timeout_left_s = CASE
+                   WHEN expires_at IS NULL THEN NULL
+                   ELSE greatest(1, ceil(extract(epoch FROM expires_at - now())))::integer END,
+               expires_at = NULL
+           WHERE id = $1 AND state = 'running'
+           RETURNING {_COLUMNS}""",
+        sandbox_id,
+        snapshot_id,
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def mark_resuming(conn: asyncpg.Connection, sandbox_id: str) -> SandboxRecord | None:
+    """PAUSED -> PENDING as a new start from its pause snapshot, to be placed afresh."""
+    row = await conn.fetchrow(
+        f"""UPDATE sandboxes SET
+               state = 'pending',
+               incarnation = paused_snapshot,
+               node_id = NULL,
+               error_code = '',
+               state_reason = ''
+           WHERE id = $1 AND state = 'paused'
+           RETURNING {_COLUMNS}""",
+        sandbox_id,
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def back_to_paused(
+    conn: asyncpg.Connection, sandbox_id: str, incarnation: str, error_code: str, reason: str
+) -> SandboxRecord | None:
+    """A resume that failed leaves the sandbox paused (its snapshot still holds it), saying why."""
+    row = await conn.fetchrow(
+        f"""UPDATE sandboxes SET state = 'paused', error_code = $3, state_reason = $4
+           WHERE id = $1 AND state = 'pending' AND incarnation = $2 AND paused_snapshot = $2
+           RETURNING {_COLUMNS}""",
+        sandbox_id,
+        incarnation,
+        error_code,
+        reason,
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def held_by_snapshot(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, snapshot_id: str) -> str | None:
+    """The tenant's sandbox that a snapshot holds now: paused in it, or resuming from it."""
+    held: str | None = await db.fetchval(
+        "SELECT id FROM sandboxes WHERE tenant_id = $1 AND paused_snapshot = $2 "
+        "AND (state = 'paused' OR (state = 'pending' AND incarnation = $2)) LIMIT 1",
+        tenant_id,
+        snapshot_id,
+    )
+    return held

@@ -11,13 +11,16 @@ from hutch.core.events import node_command_subject
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.internal.v1 import node_agent_pb2_grpc
+from hutch_node_agent import egress_registrar
 from hutch_node_agent.domain import LocalSandbox
 from hutch_node_agent.events_out import NodeEvents
 from hutch_node_agent.grpc_api import NodeAgentServicer
 from hutch_node_agent.handlers import CommandHandler
 from hutch_node_agent.heartbeat import Heartbeat
+from hutch_node_agent.metering import Metering
 from hutch_node_agent.node import assemble
 from hutch_node_agent.settings import NodeAgentSettings
+from hutch_node_agent.snapshot_store_link import StoreLink
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +33,32 @@ async def run(settings: NodeAgentSettings) -> None:
             node_events = NodeEvents(bus, options.id)
             # Set by whatever changes what the node holds, so the next heartbeat goes out at once.
             changed = asyncio.Event()
+            # Tells the node's egress-proxy which sandbox holds which address (set once assembled).
+            registrar: egress_registrar.EgressRegistrar | None = None
 
             async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
+                if registrar is not None:
+                    await registrar.stopped(sandbox.id)
                 await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
                 changed.set()
 
-            node = await assemble(options, on_stopped, node_events.timeout_warning)
+            # Before the node is assembled: its restart recovery hands ended sandboxes to the metering.
+            metering = Metering.for_node(options, settings.region, bus)
+            store_link = None
+            if options.snapshot_store_address:
+                store_link = await StoreLink.open(
+                    options.snapshot_store_address,
+                    settings.internal_token.get_secret_value(),
+                    options.root_dir / "chunk-cache",
+                    int(options.chunk_cache_gb * 2**30),
+                )
+            node = await assemble(
+                options,
+                on_stopped,
+                node_events.timeout_warning,
+                on_releasing=metering.release,
+                snapshot_store=store_link,
+            )
             for ended in await node.manager.recover():
                 await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
 
@@ -49,7 +72,8 @@ async def run(settings: NodeAgentSettings) -> None:
                 changed,
             )
             token = settings.internal_token.get_secret_value()
-            servicer = NodeAgentServicer(node.manager, options, node.templates, heartbeat.beat)
+            registrar = egress_registrar.for_node(options, token, node.manager.all, node.networks)
+            servicer = NodeAgentServicer(node.manager, options, node.templates, heartbeat.beat, node.snapshots)
             server = await serve(
                 settings.grpc,
                 [(node_agent_pb2_grpc.add_NodeAgentServicer_to_server, servicer, "hutch.internal.v1.NodeAgent")],
@@ -63,10 +87,20 @@ async def run(settings: NodeAgentSettings) -> None:
                 filter_subjects=(node_command_subject(settings.region, options.id),),
                 max_in_flight=16,
             )
-            handler = CommandHandler(node.manager, node_events, changed)
+            handler = CommandHandler(node.manager, node.snapshots, node_events, changed, registrar)
             log.info("node-agent %s serving on %s (region %s)", options.id, address, settings.region)
             try:
-                await supervise(shutdown, heartbeat.run(shutdown), bus.consume(commands, handler, shutdown))
+                await supervise(
+                    shutdown,
+                    heartbeat.run(shutdown),
+                    bus.consume(commands, handler, shutdown),
+                    metering.run(node.manager, shutdown),
+                    *([registrar.run(shutdown)] if registrar is not None else []),
+                )
             finally:
+                if registrar is not None:
+                    await registrar.close()
                 await server.stop()
                 await node.close()
+                if store_link is not None:
+                    await store_link.close()

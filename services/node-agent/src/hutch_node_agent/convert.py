@@ -31,6 +31,12 @@ def request_from_spec(spec: ev.SandboxSpec) -> SandboxRequest:
         metadata=dict(spec.metadata),
         timeout_seconds=spec.timeout_seconds,
         isolation=spec.isolation or "container",
+        snapshot_id=spec.snapshot_id,
+        network={
+            "allow": list(spec.network.allow),
+            "deny": list(spec.network.deny),
+            "passthrough": list(spec.network.passthrough),
+        },
     )
 
 
@@ -47,6 +53,7 @@ def file_info(info: dict[str, Any]) -> files_pb2.FileInfo:
         owner=str(info.get("owner", "")),
         group=str(info.get("group", "")),
         symlink_target=info.get("symlink_target", ""),
+        sha256=str(info.get("sha256") or ""),
     )
 
 

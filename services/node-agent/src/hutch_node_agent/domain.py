@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from hutch.core import errors
@@ -13,7 +14,7 @@ from hutch.core import errors
 # even though they come from the platform's own scheduler.
 _SANDBOX_ID = re.compile(r"^sb-[a-z0-9]{8,40}$")
 
-Status = Literal["starting", "running", "stopping", "stopped"]
+Status = Literal["starting", "running", "snapshotting", "stopping", "stopped"]
 
 # The PATH processes get when their template's image does not set one.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -38,6 +39,25 @@ class SandboxRequest:
     timeout_seconds: int = 0
     # The isolation class: "container" (crun) or "gvisor" (runsc).
     isolation: str = "container"
+    # The snapshot it starts from ("" for a fresh sandbox); also tells this incarnation's events apart.
+    snapshot_id: str = ""
+    # What it may reach, as its node's egress-proxy enforces it: {"allow": [...], "deny": [...],
+    # "passthrough": [...]}; empty: nothing.
+    network: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def incarnation(self) -> str:
+        """A suffix for event ids: a sandbox resumed from a snapshot starts (and may fail) again."""
+        return f".{self.snapshot_id}" if self.snapshot_id else ""
+
+
+@dataclass(frozen=True)
+class SnapshotSource:
+    """Where a sandbox made from a snapshot starts: a frozen layer on this node, and for a memory
+    snapshot (gVisor) the checkpoint image its processes resume from."""
+
+    frozen_layer: Path
+    image: Path | None = None
 
 
 @dataclass

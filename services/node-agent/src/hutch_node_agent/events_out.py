@@ -40,7 +40,11 @@ class NodeEvents:
             sandbox_id=sandbox.id, node_id=self._node_id, started_at=_timestamp(sandbox.started_at)
         )
         await self._publish(
-            events.SANDBOX_STARTED, f"{sandbox.id}.started", sandbox.request.tenant_id, sandbox.id, payload
+            events.SANDBOX_STARTED,
+            f"{sandbox.id}.started{sandbox.request.incarnation}",
+            sandbox.request.tenant_id,
+            sandbox.id,
+            payload,
         )
 
     async def failed(self, request: SandboxRequest, error: errors.HutchError) -> None:
@@ -48,7 +52,11 @@ class NodeEvents:
             sandbox_id=request.sandbox_id, node_id=self._node_id, code=error.code, message=error.message
         )
         await self._publish(
-            events.SANDBOX_FAILED, f"{request.sandbox_id}.failed", request.tenant_id, request.sandbox_id, payload
+            events.SANDBOX_FAILED,
+            f"{request.sandbox_id}.failed{request.incarnation}",
+            request.tenant_id,
+            request.sandbox_id,
+            payload,
         )
 
     async def stopped(self, sandbox_id: str, tenant_id: str, reason: str) -> None:

@@ -7,6 +7,9 @@
     rootfs/                 the overlay mount: the sandbox's /
     run/                    mounted at /.hutch/run inside: the supervisor's socket
     init.log                the supervisor's own output
+<layers>/<id>/               its writable layer (upper/, work/): a quota-limited btrfs subvolume
+<frozen>/<snapshot id>/      a snapshot's frozen layer (read-only subvolume) kept on this node
+<root>/snapshots/<snapshot id>/  that snapshot's record and, for gVisor, its checkpoint image
 <root>/runtime/<hash>/      the supervisor's private Python runtime, shared by all sandboxes
 <root>/crun/                crun's state folder (private to this node-agent)
 """
@@ -68,6 +71,21 @@ class NodeLayout:
         return self.layers_root or self.root / "layers"
 
     @property
+    def frozen_layers(self) -> Path:
+        """Snapshots' frozen layers: beside the writable ones, on the same volume when there is one,
+        so freezing and cloning are snapshots of subvolumes rather than copies."""
+        return self.layers_root.parent / "snapshots" if self.layers_root else self.root / "frozen"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def staging(self) -> Path:
+        """Downloads in progress (on the volume, so a finished one becomes a frozen layer in place)."""
+        return self.layers_root.parent / "staging" if self.layers_root else self.root / "staging"
+
+    @property
     def sandboxes(self) -> Path:
         return self.root / "sandboxes"
 
@@ -82,5 +100,8 @@ class NodeLayout:
         return SandboxPaths(self.sandboxes / sandbox_id, self.layers / sandbox_id)
 
     def create(self) -> None:
-        for folder in (self.sandboxes, self.layers, self.runtime_cache, self.root / "runtimes"):
+        for folder in (
+            self.sandboxes, self.layers, self.runtime_cache, self.root / "runtimes", self.frozen_layers,
+            self.snapshots, self.staging,
+        ):  # fmt: skip
             folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,15 @@ decided by one nftables table per node, `inet hutch_<node id>`, written at `setu
   interface to its sandbox's address, so no sandbox can pose as another;
 * nothing is routed into a sandbox except replies, so the host never forwards between sandboxes,
   even with `net.ipv4.ip_forward=1`;
-* the host itself may connect into a sandbox (the node-agent reaches preview ports that way).
+* the host itself may connect into a sandbox (the node-agent reaches preview ports that way);
+* with the node's egress-proxy configured (`NodeOptions.egress_proxy`), every TCP connection a
+  sandbox opens is redirected to the proxy's transparent port and every UDP query to port 53 to its
+  DNS port (`chain sandbox_nat`), except connections to the platform's deny set (loopback, private,
+  link-local, carrier-grade NAT, the sandbox pool, the node's own addresses), which are refused at
+  once without reaching the proxy. The one address of that set that is redirected is the proxy's
+  sentinel (192.0.0.8), which its DNS responder hands out for names a sandbox may not reach, so the
+  request that follows is refused with a reason. Whatever the proxy does not accept is refused:
+  while it is down, sandboxes have no egress at all.
 
 The rules find sandbox interfaces by a name prefix derived from the table, not by a list, so they
 cover an interface from the moment it exists: a missing `sources` entry cuts a sandbox off, it never
@@ -53,13 +61,14 @@ import os
 import shutil
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 from pathlib import Path
 from typing import Any
 
 from hutch.core import errors
+from hutch.egress_policy.platform import PLATFORM_DENY_V4
 from hutch_node_agent.domain import check_sandbox_id
-from hutch_node_agent.settings import SANDBOX_SUBNET_PREFIX, EgressTarget, NodeOptions
+from hutch_node_agent.settings import SANDBOX_SUBNET_PREFIX, EgressProxyTarget, EgressTarget, NodeOptions
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +182,45 @@ class AddressAllocator:
 
 # -- the nftables ruleset (pure) -------------------------------------------------------------------
 
+# What the egress-proxy's DNS responder answers for names a sandbox may not reach (RFC 7600's dummy
+# address): connections to it go to the proxy, which refuses them with a reason.
+PROXY_SENTINEL = IPv4Address("192.0.0.8")
+
+
+def never_redirected(pool: IPv4Network) -> list[IPv4Network]:
+    """Destinations refused before the proxy: the platform's deny set and the sandbox pool, merged."""
+    return list(collapse_addresses([pool, *PLATFORM_DENY_V4]))
+
+
+def _proxy_rules(sandbox: str, pool: IPv4Network, proxy: EgressProxyTarget | None) -> tuple[list[str], list[str]]:
+    """(the NAT chain that sends sandbox traffic to the proxy, the filter rules that let it in)."""
+    if proxy is None:
+        return [], []
+    refused = ", ".join(str(n) for n in never_redirected(pool))
+    nat = [
+        "  chain sandbox_nat {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        f"    iifname != {sandbox} return",
+        f"    udp dport 53 redirect to :{proxy.dns_port}",
+        f"    ip daddr {PROXY_SENTINEL} meta l4proto tcp redirect to :{proxy.transparent_port}",
+        f"    ip daddr {{ {refused} }} return",
+        "    fib daddr type local return",
+        f"    meta l4proto tcp redirect to :{proxy.transparent_port}",
+        "  }",
+    ]
+    accept = [
+        f"    ct status dnat tcp dport {proxy.transparent_port} accept",
+        f"    ct status dnat udp dport {proxy.dns_port} accept",
+    ]
+    return nat, accept
+
 
 def render_ruleset(
     table: str,
     pool: IPv4Network,
     egress: EgressTarget | None,
     members: Iterable[tuple[str, IPv4Address]] = (),
+    proxy: EgressProxyTarget | None = None,
 ) -> str:
     """The node's whole table, as one `nft -f` transaction that replaces any previous version.
 
@@ -188,6 +230,7 @@ def render_ruleset(
     sandbox = f'"{interface_prefix(table)}*"'
     elements = ", ".join(f'"{interface}" . {address}' for interface, address in members)
     egress_rule = f"ip daddr {egress.address} tcp dport {egress.port} ct state new accept" if egress else ""
+    nat_chain, proxy_accept = _proxy_rules(sandbox, pool, proxy)
     lines = [
         # Adding the table first makes the delete succeed on a fresh host; all three lines are one
         # transaction, so there is no moment without rules.
@@ -221,9 +264,11 @@ def render_ruleset(
         "  }",
         "  chain from_sandbox {",
         "    ct state established,related accept",
+        *proxy_accept,
         f"    {egress_rule}" if egress_rule else "",
         "    goto refuse",
         "  }",
+        *nat_chain,
         "  chain to_sandbox {",
         "    ct state established,related accept",
         "    drop",
@@ -272,13 +317,19 @@ class SandboxNetworks:
     per-sandbox lock already ensures that); calls for different sandboxes may."""
 
     def __init__(
-        self, node_id: str, pool: str | IPv4Network, state_dir: Path, egress: EgressTarget | None = None
+        self,
+        node_id: str,
+        pool: str | IPv4Network,
+        state_dir: Path,
+        egress: EgressTarget | None = None,
+        proxy: EgressProxyTarget | None = None,
     ) -> None:
         self.table = table_name(node_id)
         self.pool = IPv4Network(pool)
         if self.pool.prefixlen > SLOT_PREFIX_LEN or slot_count(self.pool) > 16**_INDEX_DIGITS:
             raise errors.InvalidArgument(f"{self.pool} cannot be split into /{SLOT_PREFIX_LEN} sandbox networks")
         self.egress = egress
+        self.proxy = proxy
         self._state_dir = state_dir
         self._state_file = state_dir / "allocations.json"
         self._lock = asyncio.Lock()
@@ -287,7 +338,13 @@ class SandboxNetworks:
 
     @classmethod
     def for_node(cls, options: NodeOptions) -> SandboxNetworks:
-        return cls(options.id, options.sandbox_network, options.root_dir / "network", options.egress_target)
+        return cls(
+            options.id,
+            options.sandbox_network,
+            options.root_dir / "network",
+            options.egress_target,
+            options.egress_proxy,
+        )
 
     # -- node lifecycle ----------------------------------------------------------------------------
 
@@ -299,7 +356,8 @@ class SandboxNetworks:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._allocator = self._load()
         members = [(n.host_interface, n.sandbox_ip) for n in self._all()]
-        await _nft(render_ruleset(self.table, self.pool, self.egress, members), "write the sandbox firewall")
+        ruleset = render_ruleset(self.table, self.pool, self.egress, members, self.proxy)
+        await _nft(ruleset, "write the sandbox firewall")
 
     async def recover(self, live_sandbox_ids: Iterable[str]) -> dict[str, SandboxNetwork]:
         """After a restart: keeps the networks of live sandboxes, removes every other one."""

@@ -14,8 +14,9 @@ from hutch_node_agent.layout import NodeLayout
 from hutch_node_agent.network import SandboxNetworks
 from hutch_node_agent.quota import DiskQuotas
 from hutch_node_agent.runtime import OciRuntime, node_runtimes
-from hutch_node_agent.sandboxes import SandboxManager, StoppedCallback, WarningCallback
+from hutch_node_agent.sandboxes import ReleasingCallback, SandboxManager, StoppedCallback, WarningCallback
 from hutch_node_agent.settings import NodeOptions
+from hutch_node_agent.snapshots import NodeSnapshots, SnapshotStoreLink
 from hutch_node_agent.supervisor.bundle import build_runtime
 
 
@@ -28,9 +29,11 @@ class Node:
     runtimes: dict[str, OciRuntime]
     networks: SandboxNetworks
     quotas: DiskQuotas | None
+    snapshots: NodeSnapshots
 
     async def close(self) -> None:
         """Stops watching; sandboxes, their networks and the volume stay for the next process."""
+        await self.snapshots.close()
         await self.manager.close()
 
     async def dismantle(self) -> None:
@@ -38,6 +41,7 @@ class Node:
         for sandbox in self.manager.all():
             with contextlib.suppress(Exception):
                 await self.manager.kill(sandbox.id, "killed")
+        await self.snapshots.close()
         await self.manager.close()
         await self.networks.teardown()
         if self.quotas is not None:
@@ -45,7 +49,11 @@ class Node:
 
 
 async def assemble(
-    options: NodeOptions, on_stopped: StoppedCallback, on_timeout_warning: WarningCallback | None = None
+    options: NodeOptions,
+    on_stopped: StoppedCallback,
+    on_timeout_warning: WarningCallback | None = None,
+    on_releasing: ReleasingCallback | None = None,
+    snapshot_store: SnapshotStoreLink | None = None,
 ) -> Node:
     host.check_host()
     if options.userns_shift:
@@ -67,6 +75,10 @@ async def assemble(
     supervisor = await asyncio.to_thread(build_runtime, layout.runtime_cache)
     runtimes = node_runtimes(layout.root)
     manager = SandboxManager(
-        options, layout, runtimes, store, supervisor, on_stopped, networks, quotas, on_timeout_warning
+        options, layout, runtimes, store, supervisor, on_stopped, networks, quotas, on_timeout_warning, on_releasing
     )
-    return Node(options, layout, manager, store, runtimes, networks, quotas)
+    snapshots = NodeSnapshots(
+        manager, layout, options.userns_shift, int(options.snapshot_cache_gb * 2**30), snapshot_store
+    )
+    await snapshots.recover()
+    return Node(options, layout, manager, store, runtimes, networks, quotas, snapshots)

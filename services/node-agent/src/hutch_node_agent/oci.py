@@ -97,6 +97,8 @@ class ContainerSpec:
     isolation: str = "container"
     # Host uid (and gid) of the sandbox's root; 0 runs without a user namespace.
     uid_shift: int = 0
+    # Further mounts after the standard ones (the egress CA files, see sandbox_egress).
+    extra_mounts: tuple[dict[str, Any], ...] = ()
 
 
 def _namespaces(spec: ContainerSpec) -> list[dict[str, str]]:
@@ -176,6 +178,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
                 "source": spec.run_dir,
                 "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
             },
+            *spec.extra_mounts,
         ],
         "linux": {
             "cgroupsPath": spec.cgroup_path,

@@ -45,6 +45,12 @@ async def _run(*argv: str) -> tuple[int, bytes, bytes]:
 _NOISE = ("cgroups in hybrid mode",)
 
 
+def _first_line(stderr: bytes) -> str:
+    """The message of a Go runtime's failure without the goroutine dump after it."""
+    text = _clean(stderr)
+    return text.split("goroutine ", 1)[0].strip()[:2000]
+
+
 def _clean(stderr: bytes) -> str:
     lines = [ln for ln in stderr.decode(errors="replace").splitlines() if not ln.startswith(_NOISE)]
     return "; ".join(lines).strip()
@@ -66,13 +72,37 @@ class OciRuntime:
     def _cmd(self, *args: str) -> list[str]:
         return [self._binary, f"--root={self._root}", *self._flags, *args]
 
-    async def run_detached(self, sandbox_id: str, bundle: Path, log_path: Path) -> int:
+    def networked(self, argv: list[str], netns: str | None) -> list[str]:
+        """`argv` of a runtime command that starts a sandbox in the prepared namespace `netns`.
+
+        crun joins it through the OCI config alone. runsc's netstack takes over the namespace's
+        link (`--network=sandbox`), but the packaged runsc refuses to on kernels from 6.11 on: it
+        takes a namespace for the root one when /proc/sys/net/core/rmem_default is visible, which
+        newer kernels show in every namespace (google/gvisor#10704). The command therefore runs in
+        that namespace, in a mount namespace of its own where an empty tmpfs hides that directory
+        (sysctl directories are per network namespace, so only the sandbox's view is covered).
+        """
+        if netns is None or self.isolation_class != GVISOR:
+            return argv
+        argv = [a if not a.startswith("--network=") else "--network=sandbox" for a in argv]
+        hide = (
+            "mkdir -p /run/hutch/proc && mount -t proc proc /run/hutch/proc"
+            ' && mount -t tmpfs -o size=4k,mode=0555 hutch-netns /proc/sys/net/core && exec "$@"'
+        )
+        return [
+            "nsenter", f"--net={netns}", "--",
+            "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", hide, "sh", *argv,
+        ]  # fmt: skip
+
+    async def run_detached(self, sandbox_id: str, bundle: Path, log_path: Path, netns: str | None = None) -> int:
         pid_file = bundle / "init.pid"
         # The sandbox's init inherits the runtime's stdout and stderr: both must be the log file,
         # never a pipe to us, or reading the pipe would wait as long as the sandbox lives.
+        argv = self._cmd("run", "--detach", f"--bundle={bundle}", f"--pid-file={pid_file}", sandbox_id)
         with open(log_path, "ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *self._cmd("run", "--detach", f"--bundle={bundle}", f"--pid-file={pid_file}", sandbox_id),
+                *self.networked(argv, netns),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -84,6 +114,50 @@ class OciRuntime:
                 f"{Path(self._binary).name} could not start sandbox {sandbox_id}: {_clean(tail) or f'exit {code}'}"
             )
         return int(pid_file.read_text().strip())
+
+    async def restore_detached(self, sandbox_id: str, bundle: Path, log_path: Path, image: Path) -> int:
+        """Starts the sandbox from a checkpoint image (gVisor): its processes go on where they were."""
+        pid_file = bundle / "init.pid"
+        with open(log_path, "ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *self._cmd(
+                    "restore", "--detach", f"--image-path={image}", f"--bundle={bundle}", f"--pid-file={pid_file}",
+                    sandbox_id,
+                ),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )  # fmt: skip
+            code = await proc.wait()
+        if code != 0:
+            tail = log_path.read_bytes()[-2000:]
+            raise errors.Internal(
+                f"{Path(self._binary).name} could not restore sandbox {sandbox_id}: {_clean(tail) or f'exit {code}'}"
+            )
+        return int(pid_file.read_text().strip())
+
+    async def checkpoint(self, sandbox_id: str, image: Path) -> None:
+        """Writes the sandbox's memory and process state to `image` (gVisor); the sandbox stops."""
+        code, _, err = await _run(*self._cmd("checkpoint", f"--image-path={image}", sandbox_id))
+        if code != 0:
+            raise errors.Internal(f"could not checkpoint sandbox {sandbox_id}: {_first_line(err)}")
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freezes every process of the sandbox (crun: the cgroup freezer)."""
+        code, _, err = await _run(*self._cmd("pause", sandbox_id))
+        if code != 0:
+            raise errors.Internal(f"could not freeze sandbox {sandbox_id}: {_clean(err)}")
+
+    async def resume(self, sandbox_id: str) -> None:
+        code, _, err = await _run(*self._cmd("resume", sandbox_id))
+        if code != 0:
+            raise errors.Internal(f"could not thaw sandbox {sandbox_id}: {_clean(err)}")
+
+    async def signal(self, sandbox_id: str, signal_name: str) -> None:
+        """Sends a signal to the sandbox's init (the supervisor)."""
+        code, _, err = await _run(*self._cmd("kill", sandbox_id, signal_name))
+        if code != 0:
+            raise errors.Internal(f"could not signal sandbox {sandbox_id}: {_clean(err)}")
 
     async def kill(self, sandbox_id: str) -> None:
         code, _, err = await _run(*self._cmd("kill", "--all", sandbox_id, "KILL"))

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hutch.core import errors, telemetry
-from hutch_node_agent import oci, rootfs
-from hutch_node_agent.domain import LocalSandbox, SandboxRequest, check_sandbox_id
+from hutch_node_agent import oci, rootfs, sandbox_egress
+from hutch_node_agent.domain import LocalSandbox, SandboxRequest, SnapshotSource, check_sandbox_id
+from hutch_node_agent.layers import Layers
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
 from hutch_node_agent.network import SandboxNetworks
 from hutch_node_agent.quota import DiskQuotas
@@ -27,6 +28,7 @@ from hutch_node_agent.runtime import CONTAINER, GVISOR, OciRuntime
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.supervisor.bundle import SupervisorRuntime
 from hutch_node_agent.supervisor.client import SupervisorClient
+from hutch_node_agent.supervisor.protocol import RELISTEN_SIGNAL
 from hutch_node_agent.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,15 @@ async def _no_warning(sandbox: LocalSandbox, fires_at: datetime) -> None:
 # "exited"); the node-agent publishes the stopped event from it.
 StoppedCallback = Callable[[LocalSandbox, str], Awaitable[None]]
 
+# Called with a sandbox that was running just before its runtime state and cgroup are removed (on a
+# kill, when it ended by itself, or when a restart finds it ended): the last moment its cgroup's
+# counters can be read. It must not raise.
+ReleasingCallback = Callable[[LocalSandbox], Awaitable[None]]
+
+
+async def _nothing_to_release(sandbox: LocalSandbox) -> None:
+    return None
+
 
 class SandboxManager:
     def __init__(
@@ -57,16 +68,19 @@ class SandboxManager:
         networks: SandboxNetworks | None = None,
         quotas: DiskQuotas | None = None,
         on_timeout_warning: WarningCallback | None = None,
+        on_releasing: ReleasingCallback | None = None,
     ) -> None:
         self._options = options
         self._networks = networks
         self._quotas = quotas
+        self.layers = Layers(quotas, options.disk_quota_mb * 2**20, options.userns_shift)
         self._layout = layout
         self._runtimes = runtimes
         self._templates = templates
         self._supervisor = supervisor
         self._on_stopped = on_stopped
         self._on_timeout_warning = on_timeout_warning or _no_warning
+        self._on_releasing = on_releasing or _nothing_to_release
         self._sandboxes: dict[str, LocalSandbox] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._watchers: dict[str, int] = {}
@@ -97,7 +111,9 @@ class SandboxManager:
 
     # -- create ----------------------------------------------------------------------------
 
-    async def create(self, request: SandboxRequest) -> LocalSandbox:
+    async def create(self, request: SandboxRequest, source: SnapshotSource | None = None) -> LocalSandbox:
+        """Starts a sandbox: fresh from its template, or from a snapshot's frozen layer (and, for a
+        memory snapshot, with its processes resumed from the checkpoint image)."""
         check_sandbox_id(request.sandbox_id)
         async with self._locks[request.sandbox_id]:
             existing = self._sandboxes.get(request.sandbox_id)
@@ -116,6 +132,8 @@ class SandboxManager:
             preload = self._supervisor.gvisor_preload() if request.isolation == GVISOR else None
             if preload:
                 env["LD_PRELOAD"] = preload
+            if self._options.egress_proxy is not None:  # trust the proxy's CA (the sandbox may override)
+                env.update(sandbox_egress.ca_env(self._options.egress_proxy.ca_file))
             env.update(request.envs)
             sandbox = LocalSandbox(
                 request=request,
@@ -127,7 +145,7 @@ class SandboxManager:
             paths = self._layout.sandbox(request.sandbox_id)
             self._sandboxes[sandbox.id] = sandbox
             try:
-                await self._start(sandbox, paths, template.rootfs)
+                await self._start(sandbox, paths, template.rootfs, source)
             except BaseException:
                 await self._teardown(sandbox.id, paths, request.isolation)
                 self._sandboxes.pop(sandbox.id, None)
@@ -152,21 +170,35 @@ class SandboxManager:
                 f"the sandbox asks for {request.cpu_millis} mCPU and {request.memory_mb} MB"
             )
 
-    async def _start(self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: Path) -> None:
+    async def _start(
+        self, sandbox: LocalSandbox, paths: SandboxPaths, template_rootfs: Path, source: SnapshotSource | None = None
+    ) -> None:
         if paths.dir.exists() or paths.layer.exists():  # leftovers of an attempt that died half-way
             await self._teardown(sandbox.id, paths, sandbox.request.isolation)
         owner = self._options.userns_shift  # the host uid of the sandbox's root
         paths.dir.mkdir(parents=True)
         paths.run.mkdir(mode=0o700)
         os.chown(paths.run, owner, owner)
-        await self._make_layer(paths)
+        if source is None:
+            await self.layers.make(paths.layer)
+        else:
+            await self.layers.clone(source.frozen_layer, paths.layer)
         network = None
-        if self._networks is not None and sandbox.request.isolation == CONTAINER:
+        # gVisor sandboxes need a link only to reach the egress-proxy (previews go through the supervisor).
+        proxied = self._options.egress_proxy is not None
+        if self._networks is not None and (sandbox.request.isolation == CONTAINER or proxied):
             with _tracer.start_as_current_span("network"):
                 network = await self._networks.create(sandbox.id)
         with _tracer.start_as_current_span("mount rootfs"):
             rootfs.mount_overlay([template_rootfs], paths.upper, paths.work, paths.rootfs)
             _write_identity_files(paths, sandbox.id, owner)
+            extra_mounts = sandbox_egress.prepare(
+                paths.rootfs,
+                paths.dir,
+                network.host_ip if network is not None and proxied else None,
+                self._options.egress_proxy.ca_file if self._options.egress_proxy is not None else None,
+                owner,
+            )
         spec = oci.ContainerSpec(
             sandbox_id=sandbox.id,
             rootfs=str(paths.rootfs),
@@ -183,12 +215,19 @@ class SandboxManager:
             netns_path=network.netns_path if network is not None else None,
             isolation=sandbox.request.isolation,
             uid_shift=owner,
+            extra_mounts=extra_mounts,
         )
         paths.config.write_text(json.dumps(oci.container_config(spec)))
         self._save(sandbox, paths)
-        with _tracer.start_as_current_span("runtime start"):
-            runtime = self._runtime_for(sandbox.request.isolation)
-            sandbox.init_pid = await runtime.run_detached(sandbox.id, paths.dir, paths.log)
+        runtime = self._runtime_for(sandbox.request.isolation)
+        if source is not None and source.image is not None:
+            with _tracer.start_as_current_span("runtime restore"):
+                sandbox.init_pid = await runtime.restore_detached(sandbox.id, paths.dir, paths.log, source.image)
+                await runtime.signal(sandbox.id, RELISTEN_SIGNAL)
+        else:
+            with _tracer.start_as_current_span("runtime start"):
+                netns = network.netns_path if network is not None else None
+                sandbox.init_pid = await runtime.run_detached(sandbox.id, paths.dir, paths.log, netns)
         with _tracer.start_as_current_span("supervisor ready"):
             await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
         sandbox.status = "running"
@@ -197,6 +236,89 @@ class SandboxManager:
             sandbox.deadline = sandbox.started_at + timedelta(seconds=sandbox.request.timeout_seconds)
         self._save(sandbox, paths)
         self._watch(sandbox)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def capture(self, sandbox_id: str, frozen: Path, image: Path | None, *, stop: bool = False) -> LocalSandbox:
+        """Freezes the sandbox's writable layer into `frozen` and, when `image` is given (gVisor),
+        its memory and processes into that folder, as one consistent moment.
+
+        A container is held still with the cgroup freezer while its layer is frozen (milliseconds);
+        its connections and processes carry on untouched. A gVisor sandbox is checkpointed, which
+        stops it, and then restored in place: calls streaming at that moment end (its supervisor has
+        to let go of host sockets), background processes and terminals carry on. With `stop` the
+        sandbox is not resumed but released, as a kill would (pause).
+        """
+        async with self._locks[sandbox_id]:
+            sandbox = self.running(sandbox_id)
+            paths = self._layout.sandbox(sandbox_id)
+            runtime = self._runtime_for(sandbox.request.isolation)
+            if image is None:
+                await runtime.pause(sandbox_id)
+                try:
+                    await self.layers.freeze(paths.layer, frozen)
+                finally:
+                    if not stop:
+                        await runtime.resume(sandbox_id)
+            else:
+                await self._checkpoint(sandbox, paths, runtime, frozen, image)
+                if not stop:
+                    await self._restore_in_place(sandbox, paths, runtime, image)
+            if stop:
+                sandbox.status = "stopping"
+                await self._on_releasing(sandbox)
+                await self._teardown(sandbox_id, paths, sandbox.request.isolation)
+                sandbox.status = "stopped"
+                self._sandboxes.pop(sandbox_id, None)
+            return sandbox
+
+    async def _checkpoint(
+        self, sandbox: LocalSandbox, paths: SandboxPaths, runtime: OciRuntime, frozen: Path, image: Path
+    ) -> None:
+        # While it is checkpointed its init exits: that must not read as the sandbox ending.
+        sandbox.status = "snapshotting"
+        self._unwatch(sandbox.id)
+        client = SupervisorClient(paths.socket)
+        try:
+            await client.quiesce()
+        except BaseException:
+            sandbox.status = "running"
+            self._watch(sandbox)
+            raise
+        try:
+            image.mkdir(parents=True, exist_ok=True)
+            await runtime.checkpoint(sandbox.id, image)
+        except BaseException:
+            state = await runtime.state(sandbox.id)
+            if state is not None and state.status == "running":
+                await runtime.signal(sandbox.id, RELISTEN_SIGNAL)
+                sandbox.status = "running"
+                self._watch(sandbox)
+            else:  # the failed checkpoint took the sandbox down with it
+                self._spawn(self._ended_during_snapshot(sandbox.id))
+            raise
+        await self.layers.freeze(paths.layer, frozen)
+
+    async def _restore_in_place(
+        self, sandbox: LocalSandbox, paths: SandboxPaths, runtime: OciRuntime, image: Path
+    ) -> None:
+        try:
+            await runtime.delete(sandbox.id)
+            sandbox.init_pid = await runtime.restore_detached(sandbox.id, paths.dir, paths.log, image)
+            await runtime.signal(sandbox.id, RELISTEN_SIGNAL)
+            await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
+        except BaseException:
+            self._spawn(self._ended_during_snapshot(sandbox.id))
+            raise
+        sandbox.status = "running"
+        self._save(sandbox, paths)
+        self._watch(sandbox)
+
+    async def _ended_during_snapshot(self, sandbox_id: str) -> None:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is not None and sandbox.status == "snapshotting":
+            sandbox.status = "running"  # so that kill releases it like any sandbox that ended
+            await self.kill(sandbox_id, "exited")
 
     # -- kill ------------------------------------------------------------------------------
 
@@ -216,6 +338,8 @@ class SandboxManager:
                 return False
             was_running = sandbox.status == "running"
             sandbox.status = "stopping"
+            if was_running:
+                await self._on_releasing(sandbox)
             await self._teardown(sandbox_id, paths, sandbox.request.isolation)
             sandbox.status = "stopped"
             self._sandboxes.pop(sandbox_id, None)
@@ -233,25 +357,8 @@ class SandboxManager:
         rootfs.unmount(paths.rootfs)
         if self._networks is not None:
             await self._networks.destroy(sandbox_id)
-        await self._drop_layer(paths)
+        await self.layers.drop(paths.layer)
         await asyncio.to_thread(shutil.rmtree, paths.dir, True)
-
-    async def _make_layer(self, paths: SandboxPaths) -> None:
-        """The writable layer's folder (a quota-limited subvolume when quotas are on)."""
-        if self._quotas is not None:
-            await self._quotas.apply(paths.layer, self._options.disk_quota_mb * 2**20)
-        else:
-            paths.layer.mkdir(parents=True)
-        owner = self._options.userns_shift
-        paths.upper.mkdir()
-        os.chown(paths.upper, owner, owner)  # the root directory of the sandbox's filesystem
-        paths.work.mkdir()
-
-    async def _drop_layer(self, paths: SandboxPaths) -> None:
-        if self._quotas is not None:
-            await self._quotas.release(paths.layer)
-        else:
-            await asyncio.to_thread(shutil.rmtree, paths.layer, True)
 
     # -- restart recovery ------------------------------------------------------------------
 
@@ -279,6 +386,8 @@ class SandboxManager:
                 log.info("found running sandbox %s again (init pid %d)", sandbox.id, state.pid)
                 continue
             log.info("sandbox %s ended while the node-agent was away", sandbox.id)
+            if sandbox.status == "running":
+                await self._on_releasing(sandbox)
             await self._teardown(sandbox.id, paths, sandbox.request.isolation)
             if sandbox.status == "running":
                 ended.append(sandbox)

@@ -37,6 +37,20 @@ class EgressTarget(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
+class EgressProxyTarget(BaseModel):
+    """The node's egress-proxy: every TCP connection a sandbox opens is redirected to its transparent
+    port, every DNS query to its DNS port, and the node registers each sandbox with it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transparent_port: int = Field(ge=1, le=65535)
+    dns_port: int = Field(ge=1, le=65535)
+    # host:port of the proxy's registry (gRPC; the internal token authenticates the node).
+    api: str
+    # The proxy's CA certificate (public part), installed into every sandbox's trust store.
+    ca_file: Path | None = None
+
+
 class NodeOptions(BaseModel):
     # Stable identity of this node; it names the node's command subject and KV key.
     id: str = Field(default_factory=_default_node_id)
@@ -60,6 +74,10 @@ class NodeOptions(BaseModel):
     # Each sandbox's cgroup is <cgroup_parent>/<sandbox id> in every controller hierarchy.
     cgroup_parent: str = "hutch"
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # Usage metering: every running sandbox's cgroup is sampled this often, and a usage report per
+    # sandbox is published this often (and once more when it stops).
+    usage_sample_interval_s: float = Field(default=1.0, gt=0)
+    usage_report_interval_s: float = Field(default=10.0, gt=0)
     # Largest single file a Files.Write may upload.
     max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
     # Largest image archive a template import may upload, and the most its layers may unpack to.
@@ -70,6 +88,13 @@ class NodeOptions(BaseModel):
     # How long before a sandbox's timeout fires the node publishes sandbox.timeout_warning (at most
     # a tenth of the timeout, so short timeouts still warn before they fire).
     timeout_warning_s: float = Field(default=60.0, ge=0)
+    # The snapshot-store (host:port); empty: snapshots stay on this node and never leave it.
+    snapshot_store_address: str = ""
+    # Frozen copies of snapshots kept on this node for fast restores, forks and resumes, in GiB (by
+    # their logical size); beyond it the least recently used ones the store also holds are dropped.
+    snapshot_cache_gb: float = Field(default=20.0, ge=0)
+    # Chunks of snapshots this node wrote or read, kept for the next read (GiB; 0: none).
+    chunk_cache_gb: float = Field(default=10.0, ge=0)
     pids_limit: int = Field(default=1024, ge=16)
     open_files_limit: int = Field(default=4096, ge=64)
     # Most a sandbox may write into its own root filesystem (data and metadata), in MiB; writes past
@@ -87,6 +112,9 @@ class NodeOptions(BaseModel):
     # Where a sandbox may connect to (HUTCH_NODE__EGRESS_TARGET__ADDRESS and __PORT); unset means a
     # sandbox reaches nothing at all.
     egress_target: EgressTarget | None = None
+    # The node's egress-proxy (HUTCH_NODE__EGRESS_PROXY__TRANSPARENT_PORT, __DNS_PORT, __API,
+    # __CA_FILE); unset means a sandbox reaches nothing (or only the egress target above).
+    egress_proxy: EgressProxyTarget | None = None
     # Sandboxes run in a user namespace: their uids 0..65535 are host uids userns_shift..+65535, so
     # root in a sandbox is not root on the host. Templates are stored with their owners shifted to
     # match. 0 turns the mapping off (not recommended).

@@ -39,6 +39,7 @@ async def run(settings: SchedulerSettings) -> None:
                         events.SANDBOX_KILL_REQUESTED,
                         events.SANDBOX_STOPPED,
                         events.SANDBOX_FAILED,
+                        events.SANDBOX_PAUSED,
                     )
                 ),
             )

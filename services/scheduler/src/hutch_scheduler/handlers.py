@@ -1,7 +1,12 @@
-"""Reacts to sandbox lifecycle events: places requested sandboxes, frees what stopped ones held."""
+"""Reacts to sandbox lifecycle events: places requested sandboxes, frees what stopped or paused ones held.
+
+A sandbox may be placed more than once: each start from a snapshot (a resume) is an incarnation of
+its own, named by the snapshot, with its own placement and its own event ids.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import cast
 
@@ -33,7 +38,11 @@ class SchedulerHandler:
             await self._place(cast(ev.SandboxRequested, envelope.payload).spec)
         elif kind is events.SANDBOX_KILL_REQUESTED:
             await self._forward_kill(cast(ev.SandboxKillRequested, envelope.payload), envelope.tenant)
-        elif kind in (events.SANDBOX_STOPPED, events.SANDBOX_FAILED):
+        elif kind is events.SANDBOX_FAILED:
+            # Only the incarnation that failed: a stale failure must not free a later start's node.
+            incarnation = events.incarnation_of(envelope.id, envelope.sandbox)
+            await store.release(self._db, envelope.sandbox, incarnation)
+        elif kind in (events.SANDBOX_STOPPED, events.SANDBOX_PAUSED):
             await store.release(self._db, envelope.sandbox)
 
     def _candidates(self, used: dict[str, tuple[int, int]]) -> list[Candidate]:
@@ -58,20 +67,22 @@ class SchedulerHandler:
         demand = Demand(
             spec.resources.cpu_millis, spec.resources.memory_mb, spec.template, spec.isolation or "container"
         )
-        sandbox, tenant = spec.sandbox_id, spec.tenant_id
+        sandbox, tenant, incarnation = spec.sandbox_id, spec.tenant_id, spec.snapshot_id
+        event_id = functools.partial(events.sandbox_event_id, sandbox, incarnation=incarnation)
         async with self._db.acquire() as conn, conn.transaction():
             await store.lock_region(conn, self._region)
-            if await store.exists(conn, sandbox):
+            if await store.exists(conn, sandbox, incarnation):
                 return  # redelivered: the decision and its events are already committed
             try:
-                node_id = choose_node(demand, self._candidates(await store.usage_by_node(conn)), self._region)
+                candidates = self._candidates(await store.usage_by_node(conn))
+                node_id = choose_node(demand, candidates, self._region, prefer=spec.prefer_node)
             except errors.HutchError as exc:
                 log.info("cannot place %s: %s", sandbox, exc.message)
-                await store.record(conn, sandbox, tenant, None, demand)
+                await store.record(conn, sandbox, incarnation, tenant, None, demand)
                 failed = ev.SandboxFailed(sandbox_id=sandbox, code=exc.code, message=exc.message)
-                await self._stage(conn, events.SANDBOX_FAILED, failed, tenant, sandbox, f"{sandbox}.unplaced")
+                await self._stage(conn, events.SANDBOX_FAILED, failed, tenant, sandbox, event_id("unplaced"))
             else:
-                await store.record(conn, sandbox, tenant, node_id, demand)
+                await store.record(conn, sandbox, incarnation, tenant, node_id, demand)
                 command = node_pb2.NodeCommand(create=node_pb2.CreateSandbox(spec=spec))
                 await outbox.stage(
                     conn,
@@ -81,11 +92,11 @@ class SchedulerHandler:
                         payload=command,
                         tenant=tenant,
                         sandbox=sandbox,
-                        id=f"{sandbox}.create",
+                        id=event_id("create"),
                     ),
                 )
                 placed = ev.SandboxPlaced(sandbox_id=sandbox, node_id=node_id)
-                await self._stage(conn, events.SANDBOX_PLACED, placed, tenant, sandbox, f"{sandbox}.placed")
+                await self._stage(conn, events.SANDBOX_PLACED, placed, tenant, sandbox, event_id("placed"))
         self._relay.kick()
 
     async def _forward_kill(self, request: ev.SandboxKillRequested, tenant: str) -> None:

@@ -36,11 +36,13 @@ class Candidate:
         return self.memory_mb_total - self.memory_mb_used
 
 
-def choose_node(demand: Demand, candidates: list[Candidate], region: str) -> str:
+def choose_node(demand: Demand, candidates: list[Candidate], region: str, prefer: str = "") -> str:
     """The node to run the sandbox on: among those that fit, the one with most memory left.
 
     Spreading by free memory keeps nodes evenly loaded, so one node's noisy sandboxes disturb as few
-    others as possible. Raises when nothing fits, with numbers a person can act on.
+    others as possible. `prefer` names a node that already holds what the sandbox starts from (a
+    fork's parent, where it was paused): it wins whenever it fits, since starting there copies
+    nothing. Raises when nothing fits, with numbers a person can act on.
     """
     if not candidates:
         raise errors.Unavailable(f"no node is running in region {region!r}: start a node-agent")
@@ -68,4 +70,7 @@ def choose_node(demand: Demand, candidates: list[Candidate], region: str) -> str
             f"(the roomiest node, {best.node_id}, has {max(0, best.cpu_free) / 1000:g} vCPU and "
             f"{max(0, best.memory_free)} MB free): kill idle sandboxes, ask for less, or add nodes"
         )
+    preferred = [c for c in fitting if c.node_id == prefer]
+    if preferred:
+        return preferred[0].node_id
     return max(fitting, key=lambda c: (c.memory_free, c.cpu_free, c.node_id)).node_id

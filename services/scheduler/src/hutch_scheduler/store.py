@@ -18,8 +18,12 @@ async def lock_region(conn: asyncpg.Connection, region: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", region_lock_key(region))
 
 
-async def exists(conn: asyncpg.Connection, sandbox_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM placements WHERE sandbox_id = $1", sandbox_id))
+async def exists(conn: asyncpg.Connection, sandbox_id: str, incarnation: str = "") -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM placements WHERE sandbox_id = $1 AND incarnation = $2", sandbox_id, incarnation
+        )
+    )
 
 
 async def usage_by_node(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
@@ -30,12 +34,18 @@ async def usage_by_node(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
 
 
 async def record(
-    conn: asyncpg.Connection, sandbox_id: str, tenant_id: str, node_id: str | None, demand: Demand
+    conn: asyncpg.Connection,
+    sandbox_id: str,
+    incarnation: str,
+    tenant_id: str,
+    node_id: str | None,
+    demand: Demand,
 ) -> None:
     await conn.execute(
-        "INSERT INTO placements (sandbox_id, tenant_id, node_id, cpu_millis, memory_mb, active) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO placements (sandbox_id, incarnation, tenant_id, node_id, cpu_millis, memory_mb, active) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         sandbox_id,
+        incarnation,
         tenant_id,
         node_id,
         demand.cpu_millis,
@@ -44,9 +54,13 @@ async def record(
     )
 
 
-async def release(conn: asyncpg.Connection | asyncpg.Pool, sandbox_id: str) -> None:
+async def release(conn: asyncpg.Connection | asyncpg.Pool, sandbox_id: str, incarnation: str | None = None) -> None:
+    """Frees what the sandbox holds: every incarnation's placement, or only the one named."""
     await conn.execute(
-        "UPDATE placements SET active = false, released_at = now() WHERE sandbox_id = $1 AND active", sandbox_id
+        "UPDATE placements SET active = false, released_at = now() "
+        "WHERE sandbox_id = $1 AND active AND ($2::text IS NULL OR incarnation = $2)",
+        sandbox_id,
+        incarnation,
     )
 
 

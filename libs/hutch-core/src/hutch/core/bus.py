@@ -4,6 +4,8 @@ Streams (per region, created idempotently by every service at start):
 
     SANDBOX_<REGION>    hutch.<region>.sandbox.>      lifecycle events; kept 7 days
     NODECMD_<REGION>    hutch.<region>.node.*.cmd     work queue: one durable consumer per node
+    USAGE_<REGION>      hutch.<region>.usage.>        usage reports for the billing ledger; kept 7 days
+    EGRESS_<REGION>     hutch.<region>.egress.>       egress traffic per destination and audit; kept 7 days
     KV nodes_<region>   one key per node              the latest heartbeat of each node
 
 A consumer hands each decoded envelope to its handler and then acks it. A handler that raises
@@ -38,6 +40,8 @@ from hutch.core.config import NatsSettings
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[events.Envelope[Message]], Awaitable[None]]
+# Handles many events at once (e.g. in one database transaction); see `Bus.consume_batches`.
+BatchHandler = Callable[[list[events.Envelope[Message]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,17 @@ def node_command_stream(region: str) -> StreamSpec:
     )
 
 
+def usage_stream(region: str) -> StreamSpec:
+    return StreamSpec(f"USAGE_{region.upper().replace('-', '_')}", (f"hutch.{region}.usage.>",))
+
+
+def egress_stream(region: str) -> StreamSpec:
+    return StreamSpec(f"EGRESS_{region.upper().replace('-', '_')}", (f"hutch.{region}.egress.>",))
+
+
 def streams(region: str) -> list[StreamSpec]:
     """Every stream a region uses: the one place they are declared."""
-    return [sandbox_stream(region), node_command_stream(region)]
+    return [sandbox_stream(region), node_command_stream(region), usage_stream(region), egress_stream(region)]
 
 
 def nodes_bucket(region: str) -> str:
@@ -156,15 +168,15 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def consume(self, spec: ConsumerSpec, handler: EventHandler, stop: asyncio.Event) -> None:
-        """Runs a durable pull consumer until `stop` is set."""
+    async def _subscribe(self, spec: ConsumerSpec, max_ack_pending: int) -> JetStreamContext.PullSubscription:
+        """Creates (or updates) the durable consumer and binds a pull subscription to it."""
         config = js_api.ConsumerConfig(
             durable_name=spec.durable,
             ack_policy=js_api.AckPolicy.EXPLICIT,
             deliver_policy=js_api.DeliverPolicy.ALL,
             ack_wait=spec.ack_wait_s,
             max_deliver=spec.max_deliver,
-            max_ack_pending=max(64, spec.max_in_flight * 4),
+            max_ack_pending=max_ack_pending,
             **spec.extra,
         )
         if len(spec.filter_subjects) == 1:
@@ -172,7 +184,11 @@ class Bus:
         else:
             config.filter_subjects = list(spec.filter_subjects)
         await self.js.add_consumer(spec.stream.name, config)
-        sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+        return await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+
+    async def consume(self, spec: ConsumerSpec, handler: EventHandler, stop: asyncio.Event) -> None:
+        """Runs a durable pull consumer until `stop` is set."""
+        sub = await self._subscribe(spec, max(64, spec.max_in_flight * 4))
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(spec.max_in_flight)
         try:
@@ -225,3 +241,58 @@ class Bus:
                 await msg.nak(delay=spec.nak_delay_s)
                 return
         await msg.ack()
+
+    async def consume_batches(
+        self, spec: ConsumerSpec, handler: BatchHandler, stop: asyncio.Event, batch_size: int = 256
+    ) -> None:
+        """Runs a durable pull consumer that hands its handler up to `batch_size` events at a time.
+
+        For handlers whose work is far cheaper per event in bulk (one database transaction for a
+        whole batch). The batch is acked after the handler returns and nak'd as a whole when it
+        raises, so the handler must be idempotent per event; undecodable messages are terminated on
+        their own, as in `consume`.
+        """
+        sub = await self._subscribe(spec, max(1024, batch_size * 4))
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(batch_size, timeout=1.0)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                except Exception as exc:  # connection trouble: the client reconnects by itself
+                    log.warning("fetch on %s failed: %r", spec.durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                await self._handle_batch(spec, msgs, handler)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _handle_batch(self, spec: ConsumerSpec, msgs: list[Msg], handler: BatchHandler) -> None:
+        decoded: list[tuple[Msg, events.Envelope[Message]]] = []
+        for msg in msgs:
+            try:
+                decoded.append((msg, events.decode(msg.data, msg.headers or {})))
+            except events.UndecodableEvent as exc:
+                log.error("terminating undecodable message on %s: %s", msg.subject, exc)
+                await msg.term()
+        if not decoded:
+            return
+        with self._tracer.start_as_current_span(
+            f"handle {len(decoded)} events",
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"hutch.consumer": spec.durable, "hutch.batch_size": len(decoded)},
+        ):
+            try:
+                await handler([envelope for _, envelope in decoded])
+            except errors.Unavailable as exc:
+                log.warning(
+                    "%s: %s; redelivering %d events in %.1fs", spec.durable, exc, len(decoded), spec.nak_delay_s
+                )
+                await asyncio.gather(*(msg.nak(delay=spec.nak_delay_s) for msg, _ in decoded))
+                return
+            except Exception:
+                log.exception("%s failed to handle a batch of %d events", spec.durable, len(decoded))
+                await asyncio.gather(*(msg.nak(delay=spec.nak_delay_s) for msg, _ in decoded))
+                return
+        await asyncio.gather(*(msg.ack() for msg, _ in decoded))

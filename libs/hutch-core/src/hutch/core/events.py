@@ -23,7 +23,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from hutch.events.v1 import node_pb2, sandbox_pb2
+from hutch.events.v1 import egress_pb2, node_pb2, sandbox_pb2, usage_pb2
 
 MSG_ID: Final = "Nats-Msg-Id"
 EVENT_TYPE: Final = "Hutch-Event-Type"
@@ -52,7 +52,16 @@ SANDBOX_FAILED: Final = EventKind("sandbox.failed", sandbox_pb2.SandboxFailed)
 SANDBOX_STOPPED: Final = EventKind("sandbox.stopped", sandbox_pb2.SandboxStopped)
 SANDBOX_KILL_REQUESTED: Final = EventKind("sandbox.kill_requested", sandbox_pb2.SandboxKillRequested)
 SANDBOX_TIMEOUT_WARNING: Final = EventKind("sandbox.timeout_warning", sandbox_pb2.SandboxTimeoutWarning)
+SANDBOX_PAUSED: Final = EventKind("sandbox.paused", sandbox_pb2.SandboxPaused)
 NODE_COMMAND: Final = EventKind("node.command", node_pb2.NodeCommand)
+# Usage reports (one message type, one kind per reporter): node-agents report CPU and memory; the
+# snapshot store and the egress proxy report stored and sent bytes on their own kinds.
+USAGE_COMPUTE: Final = EventKind("usage.compute", usage_pb2.UsageReport)
+USAGE_STORAGE: Final = EventKind("usage.storage", usage_pb2.UsageReport)
+USAGE_EGRESS: Final = EventKind("usage.egress", usage_pb2.UsageReport)
+# The egress-proxy's bytes per destination (the tenant's view) and its refusals and injections.
+EGRESS_TRAFFIC: Final = EventKind("egress.traffic", egress_pb2.EgressTraffic)
+EGRESS_AUDIT: Final = EventKind("egress.audit", egress_pb2.EgressAudit)
 
 CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
     kind.name: kind
@@ -64,7 +73,13 @@ CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
         SANDBOX_STOPPED,
         SANDBOX_KILL_REQUESTED,
         SANDBOX_TIMEOUT_WARNING,
+        SANDBOX_PAUSED,
         NODE_COMMAND,
+        USAGE_COMPUTE,
+        USAGE_STORAGE,
+        USAGE_EGRESS,
+        EGRESS_TRAFFIC,
+        EGRESS_AUDIT,
     )
 }
 
@@ -72,6 +87,23 @@ CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
 def node_command_subject(region: str, node_id: str) -> str:
     """Commands for one node travel on their own subject, so each node consumes only its own."""
     return f"hutch.{region}.node.{node_id}.cmd"
+
+
+def sandbox_event_id(sandbox_id: str, what: str, incarnation: str = "") -> str:
+    """The deterministic id of a sandbox's event: `<sandbox>.<what>`, plus `.<incarnation>` when it
+    started from a snapshot. A resumed sandbox starts again under the same id, and JetStream drops a
+    repeated id for 10 minutes, so each start (its incarnation: the snapshot it starts from) needs
+    ids of its own."""
+    return f"{sandbox_id}.{what}.{incarnation}" if incarnation else f"{sandbox_id}.{what}"
+
+
+def incarnation_of(event_id: str, sandbox_id: str) -> str | None:
+    """The incarnation a `sandbox_event_id` names ("" for a plain start); None for an id of another shape."""
+    prefix = f"{sandbox_id}."
+    if not sandbox_id or not event_id.startswith(prefix):
+        return None
+    _, _, incarnation = event_id[len(prefix) :].partition(".")
+    return incarnation
 
 
 class UndecodableEvent(ValueError):

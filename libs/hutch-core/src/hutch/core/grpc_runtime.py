@@ -34,6 +34,9 @@ else:
     Handler = grpc.RpcMethodHandler
 
 INTERNAL_TOKEN_HEADER: Final = "x-hutch-internal-token"
+# The tenant an internal call acts for, named by the gateway after it authenticated the caller;
+# trusted only together with the internal token.
+TENANT_HEADER: Final = "x-hutch-tenant"
 
 STATUS_FOR_ERROR: Final[dict[type[errors.HutchError], grpc.StatusCode]] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -133,6 +136,10 @@ async def _abort(context: Context, method: str, exc: BaseException) -> None:
     if isinstance(exc, errors.HutchError):
         trace.get_current_span().set_attribute("hutch.error", exc.code)
         await context.abort(status_for(exc), exc.message)
+    if isinstance(exc, NotImplementedError):
+        # A method the service's generated base class declares but this server does not serve (an
+        # older version of it, during a rolling upgrade).
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served by this version of the service")
     log.exception("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
 

@@ -3,6 +3,7 @@ its dev API key and can still read its own PostgreSQL and S3 data."""
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -24,6 +25,8 @@ class StackSecrets:
     postgres_password: str
     s3_access_key: str
     s3_secret_key: str
+    # Wraps the snapshot-store's per-tenant data keys: losing it loses every stored snapshot.
+    snapshot_master_key: str
 
     @classmethod
     def generate(cls) -> StackSecrets:
@@ -34,6 +37,7 @@ class StackSecrets:
             postgres_password=secrets.token_urlsafe(24),
             s3_access_key="hutch" + secrets.token_hex(8),
             s3_secret_key=secrets.token_urlsafe(30),
+            snapshot_master_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         )
 
 

@@ -55,16 +55,31 @@ def _gateway_settings(context: ServiceContext) -> dict[str, str]:
     }
     if "preview" in context.ports:
         settings["HUTCH_GATEWAY__PREVIEW_PORT"] = str(context.ports["preview"])
+    if "billing-meter" in context.ports:
+        settings["HUTCH_GATEWAY__BILLING_METER_ADDRESS"] = f"{LOOPBACK}:{context.ports['billing-meter']}"
+    if "snapshot-store" in context.ports:
+        settings["HUTCH_GATEWAY__SNAPSHOT_STORE_ADDRESS"] = f"{LOOPBACK}:{context.ports['snapshot-store']}"
     return settings
 
 
 def _node_agent_settings(context: ServiceContext) -> dict[str, str]:
     root = context.node_root_dir or context.paths.local / "node-1"
-    return {
+    settings = {
         "HUTCH_NODE__ID": context.node_id,
         "HUTCH_NODE__ROOT_DIR": str(root),
         "HUTCH_NODE__ADVERTISE_HOST": LOOPBACK,
         "HUTCH_NODE__TEMPLATES_DIR": str(context.templates_dir),
+    }
+    if "snapshot-store" in context.ports:
+        settings["HUTCH_NODE__SNAPSHOT_STORE_ADDRESS"] = f"{LOOPBACK}:{context.ports['snapshot-store']}"
+    return settings
+
+
+def _snapshot_store_settings(context: ServiceContext) -> dict[str, str]:
+    return {
+        "HUTCH_SNAPSHOT_STORE__MASTER_KEY": context.secrets.snapshot_master_key,
+        "HUTCH_SNAPSHOT_STORE__CACHE_DIR": str(context.paths.local / "snapshot-cache"),
+        "HUTCH_SNAPSHOT_STORE__CACHE_BYTES": str(4 * 1024**3),
     }
 
 
@@ -84,7 +99,11 @@ class ServiceSpec:
 # stops first, so it never accepts calls the services behind it cannot serve.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("scheduler", "hutch-scheduler", 50052),
+    # Snapshot manifests and chunks; node-agents write and restore snapshots through it.
+    ServiceSpec("snapshot-store", "hutch-snapshot-store", 50054, _snapshot_store_settings),
     ServiceSpec("node-agent", "hutch-node-agent", 50061, _node_agent_settings),
+    # The usage ledger behind the gateway's Usage API.
+    ServiceSpec("billing-meter", "hutch-billing-meter", 50053),
     # The preview edge: HTTP to ports inside sandboxes (http://PORT-SANDBOX.localhost:50080/).
     ServiceSpec("gateway", "hutch-gateway", 50051, _gateway_settings, extra_ports=(("preview", 50080),)),
 )

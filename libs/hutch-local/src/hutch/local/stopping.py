@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +15,9 @@ from hutch.local.process import ProcessHandle
 from hutch.local.servers import ManagedServer, NatsServer, PostgresServer, S3Server
 from hutch.local.servers.s3 import remove_sockets
 from hutch.local.state import ComponentState, StackState
+
+# The longest `hutch-node-agent release` may take (killing many sandboxes, unmounting the volume).
+RELEASE_TIMEOUT_S = 120
 
 SERVER_CLASSES: Mapping[str, type[ManagedServer]] = {
     "nats": NatsServer,
@@ -57,11 +62,30 @@ def stop_components(state: StackState, observer: Observer, timeout: float = 10.0
     services = [c for c in state.components if c.kind == "service"]
     servers = [c for c in state.components if c.kind == "server"]
     stop_group(list(reversed(services)), observer, timeout)
+    for component in services:
+        if component.name == "node-agent" and not component.external and component.argv:
+            release_node(component, observer)
     stop_group(list(reversed(servers)), observer, timeout)
     for component in servers:
         if component.name == "s3" and not component.external and component.argv:
             with contextlib.suppress(StopIteration, ValueError, OSError):
                 remove_sockets(Path(_flag(component.argv, "dir")), int(component.address.rpartition(":")[2]))
+
+
+def release_node(component: ComponentState, observer: Observer) -> None:
+    """Kills the sandboxes the stopped node-agent left and undoes its host setup (networks, firewall
+    table, the volume mount): without it they would outlive the stack, holding memory and mounts."""
+    observer(component.name, "stopping", "its sandboxes, networks and sandbox volume")
+    done = subprocess.run(
+        [*component.argv, "release"],
+        env={**os.environ, **component.env},
+        capture_output=True,
+        text=True,
+        timeout=RELEASE_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        observer(component.name, "failed", "release: " + (done.stderr.strip().splitlines() or ["?"])[-1])
 
 
 def _flag(argv: Sequence[str], name: str) -> str:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hutch/v1/process.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n\rProcessConfig\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03\x63md\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12/\n\x04\x65nvs\x18\x04 \x03(\x0b\x32!.hutch.v1.ProcessConfig.EnvsEntry\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12\r\n\x05stdin\x18\x08 \x01(\x08\x12\x12\n\nbackground\x18\t \x01(\x08\x12\x14\n\x0c\x62uffer_bytes\x18\n \x01(\r\x12#\n\x03pty\x18\x0b \x01(\x0b\x32\x16.hutch.v1.TerminalSize\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x0cTerminalSize\x12\x0c\n\x04\x63ols\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"\x18\n\x06Signal\x12\x0e\n\x06number\x18\x01 \x01(\x05\"\xb5\x01\n\nRunRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.hutch.v1.ProcessConfigH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\"\n\x06signal\x18\x04 \x01(\x0b\x32\x10.hutch.v1.SignalH\x00\x12(\n\x06resize\x18\x05 \x01(\x0b\x32\x16.hutch.v1.TerminalSizeH\x00\x42\x07\n\x05\x65vent\"4\n\x0eProcessStarted\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x15\n\rdropped_bytes\x18\x02 \x01(\x04\"E\n\rProcessExited\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\"\x92\x01\n\x0bRunResponse\x12+\n\x07started\x18\x01 \x01(\x0b\x32\x18.hutch.v1.ProcessStartedH\x00\x12\x10\n\x06stdout\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x03 \x01(\x0cH\x00\x12)\n\x06\x65xited\x18\x04 \x01(\x0b\x32\x17.hutch.v1.ProcessExitedH\x00\x42\x07\n\x05\x65vent\"=\n\rAttachProcess\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0e\n\x06replay\x18\x03 \x01(\x08\"\xba\x01\n\x0e\x43onnectRequest\x12)\n\x06\x61ttach\x18\x01 \x01(\x0b\x32\x17.hutch.v1.AttachProcessH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\"\n\x06signal\x18\x04 \x01(\x0b\x32\x10.hutch.v1.SignalH\x00\x12(\n\x06resize\x18\x05 \x01(\x0b\x32\x16.hutch.v1.TerminalSizeH\x00\x42\x07\n\x05\x65vent\"\'\n\x14ListProcessesRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\xd8\x01\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x0b\n\x03\x63md\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07running\x18\x07 \x01(\x08\x12\x11\n\texit_code\x18\x08 \x01(\x05\x12\x0e\n\x06signal\x18\t \x01(\x05\x12\x0b\n\x03pty\x18\n \x01(\x08\x12\x15\n\rdropped_bytes\x18\x0b \x01(\x04\"A\n\x15ListProcessesResponse\x12(\n\tprocesses\x18\x01 \x03(\x0b\x32\x15.hutch.v1.ProcessInfo\"A\n\x11SendSignalRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0e\n\x06signal\x18\x03 \x01(\x05\"\x14\n\x12SendSignalResponse\"K\n\x10SendStdinRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\"\x13\n\x11SendStdinResponse2\xdb\x02\n\tProcesses\x12\x36\n\x03Run\x12\x14.hutch.v1.RunRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12>\n\x07\x43onnect\x12\x18.hutch.v1.ConnectRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12G\n\x04List\x12\x1e.hutch.v1.ListProcessesRequest\x1a\x1f.hutch.v1.ListProcessesResponse\x12G\n\nSendSignal\x12\x1b.hutch.v1.SendSignalRequest\x1a\x1c.hutch.v1.SendSignalResponse\x12\x44\n\tSendStdin\x12\x1a.hutch.v1.SendStdinRequest\x1a\x1b.hutch.v1.SendStdinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hutch/v1/process.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n\rProcessConfig\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03\x63md\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12/\n\x04\x65nvs\x18\x04 \x03(\x0b\x32!.hutch.v1.ProcessConfig.EnvsEntry\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12\r\n\x05stdin\x18\x08 \x01(\x08\x12\x12\n\nbackground\x18\t \x01(\x08\x12\x14\n\x0c\x62uffer_bytes\x18\n \x01(\r\x12#\n\x03pty\x18\x0b \x01(\x0b\x32\x16.hutch.v1.TerminalSize\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x0cTerminalSize\x12\x0c\n\x04\x63ols\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"\x18\n\x06Signal\x12\x0e\n\x06number\x18\x01 \x01(\x05\"\xb5\x01\n\nRunRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.hutch.v1.ProcessConfigH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\"\n\x06signal\x18\x04 \x01(\x0b\x32\x10.hutch.v1.SignalH\x00\x12(\n\x06resize\x18\x05 \x01(\x0b\x32\x16.hutch.v1.TerminalSizeH\x00\x42\x07\n\x05\x65vent\"4\n\x0eProcessStarted\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x15\n\rdropped_bytes\x18\x02 \x01(\x04\"E\n\rProcessExited\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\"\xab\x01\n\x0bRunResponse\x12+\n\x07started\x18\x01 \x01(\x0b\x32\x18.hutch.v1.ProcessStartedH\x00\x12\x10\n\x06stdout\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x03 \x01(\x0cH\x00\x12)\n\x06\x65xited\x18\x04 \x01(\x0b\x32\x17.hutch.v1.ProcessExitedH\x00\x12\x17\n\rdropped_bytes\x18\x05 \x01(\x04H\x00\x42\x07\n\x05\x65vent\"=\n\rAttachProcess\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0e\n\x06replay\x18\x03 \x01(\x08\"\xba\x01\n\x0e\x43onnectRequest\x12)\n\x06\x61ttach\x18\x01 \x01(\x0b\x32\x17.hutch.v1.AttachProcessH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\"\n\x06signal\x18\x04 \x01(\x0b\x32\x10.hutch.v1.SignalH\x00\x12(\n\x06resize\x18\x05 \x01(\x0b\x32\x16.hutch.v1.TerminalSizeH\x00\x42\x07\n\x05\x65vent\"\'\n\x14ListProcessesRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\xd8\x01\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x0b\n\x03\x63md\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07running\x18\x07 \x01(\x08\x12\x11\n\texit_code\x18\x08 \x01(\x05\x12\x0e\n\x06signal\x18\t \x01(\x05\x12\x0b\n\x03pty\x18\n \x01(\x08\x12\x15\n\rdropped_bytes\x18\x0b \x01(\x04\"A\n\x15ListProcessesResponse\x12(\n\tprocesses\x18\x01 \x03(\x0b\x32\x15.hutch.v1.ProcessInfo\"A\n\x11SendSignalRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0e\n\x06signal\x18\x03 \x01(\x05\"\x14\n\x12SendSignalResponse\"K\n\x10SendStdinRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\"\x13\n\x11SendStdinResponse2\xdb\x02\n\tProcesses\x12\x36\n\x03Run\x12\x14.hutch.v1.RunRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12>\n\x07\x43onnect\x12\x18.hutch.v1.ConnectRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12G\n\x04List\x12\x1e.hutch.v1.ListProcessesRequest\x1a\x1f.hutch.v1.ListProcessesResponse\x12G\n\nSendSignal\x12\x1b.hutch.v1.SendSignalRequest\x1a\x1c.hutch.v1.SendSignalResponse\x12\x44\n\tSendStdin\x12\x1a.hutch.v1.SendStdinRequest\x1a\x1b.hutch.v1.SendStdinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,25 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROCESSEXITED']._serialized_start=674
   _globals['_PROCESSEXITED']._serialized_end=743
   _globals['_RUNRESPONSE']._serialized_start=746
-  _globals['_RUNRESPONSE']._serialized_end=892
-  _globals['_ATTACHPROCESS']._serialized_start=894
-  _globals['_ATTACHPROCESS']._serialized_end=955
-  _globals['_CONNECTREQUEST']._serialized_start=958
-  _globals['_CONNECTREQUEST']._serialized_end=1144
-  _globals['_LISTPROCESSESREQUEST']._serialized_start=1146
-  _globals['_LISTPROCESSESREQUEST']._serialized_end=1185
-  _globals['_PROCESSINFO']._serialized_start=1188
-  _globals['_PROCESSINFO']._serialized_end=1404
-  _globals['_LISTPROCESSESRESPONSE']._serialized_start=1406
-  _globals['_LISTPROCESSESRESPONSE']._serialized_end=1471
-  _globals['_SENDSIGNALREQUEST']._serialized_start=1473
-  _globals['_SENDSIGNALREQUEST']._serialized_end=1538
-  _globals['_SENDSIGNALRESPONSE']._serialized_start=1540
-  _globals['_SENDSIGNALRESPONSE']._serialized_end=1560
-  _globals['_SENDSTDINREQUEST']._serialized_start=1562
-  _globals['_SENDSTDINREQUEST']._serialized_end=1637
-  _globals['_SENDSTDINRESPONSE']._serialized_start=1639
-  _globals['_SENDSTDINRESPONSE']._serialized_end=1658
-  _globals['_PROCESSES']._serialized_start=1661
-  _globals['_PROCESSES']._serialized_end=2008
+  _globals['_RUNRESPONSE']._serialized_end=917
+  _globals['_ATTACHPROCESS']._serialized_start=919
+  _globals['_ATTACHPROCESS']._serialized_end=980
+  _globals['_CONNECTREQUEST']._serialized_start=983
+  _globals['_CONNECTREQUEST']._serialized_end=1169
+  _globals['_LISTPROCESSESREQUEST']._serialized_start=1171
+  _globals['_LISTPROCESSESREQUEST']._serialized_end=1210
+  _globals['_PROCESSINFO']._serialized_start=1213
+  _globals['_PROCESSINFO']._serialized_end=1429
+  _globals['_LISTPROCESSESRESPONSE']._serialized_start=1431
+  _globals['_LISTPROCESSESRESPONSE']._serialized_end=1496
+  _globals['_SENDSIGNALREQUEST']._serialized_start=1498
+  _globals['_SENDSIGNALREQUEST']._serialized_end=1563
+  _globals['_SENDSIGNALRESPONSE']._serialized_start=1565
+  _globals['_SENDSIGNALRESPONSE']._serialized_end=1585
+  _globals['_SENDSTDINREQUEST']._serialized_start=1587
+  _globals['_SENDSTDINREQUEST']._serialized_end=1662
+  _globals['_SENDSTDINRESPONSE']._serialized_start=1664
+  _globals['_SENDSTDINRESPONSE']._serialized_end=1683
+  _globals['_PROCESSES']._serialized_start=1686
+  _globals['_PROCESSES']._serialized_end=2033
 # @@protoc_insertion_point(module_scope)

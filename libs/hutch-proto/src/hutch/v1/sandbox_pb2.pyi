@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hutch.v1 import network_pb2 as _network_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -36,6 +37,8 @@ class _SandboxStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SandboxS
     """Stopped on request, by its timeout, or because its init process ended."""
     SANDBOX_STATE_FAILED: _SandboxState.ValueType  # 5
     """Never started: no capacity, a node error, or the node was lost."""
+    SANDBOX_STATE_PAUSED: _SandboxState.ValueType  # 6
+    """Its state is in a snapshot and it holds no CPU or memory; Resume (or connecting) starts it again."""
 
 class SandboxState(_SandboxState, metaclass=_SandboxStateEnumTypeWrapper): ...
 
@@ -49,6 +52,8 @@ SANDBOX_STATE_KILLED: SandboxState.ValueType  # 4
 """Stopped on request, by its timeout, or because its init process ended."""
 SANDBOX_STATE_FAILED: SandboxState.ValueType  # 5
 """Never started: no capacity, a node error, or the node was lost."""
+SANDBOX_STATE_PAUSED: SandboxState.ValueType  # 6
+"""Its state is in a snapshot and it holds no CPU or memory; Resume (or connecting) starts it again."""
 Global___SandboxState: _TypeAlias = SandboxState  # noqa: Y015
 
 @_typing.final
@@ -113,6 +118,10 @@ class Sandbox(_message.Message):
     ISOLATION_FIELD_NUMBER: _builtins.int
     PUBLIC_PORTS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    SOURCE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
+    PAUSED_SNAPSHOT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template: _builtins.str
@@ -124,6 +133,12 @@ class Sandbox(_message.Message):
     region: _builtins.str
     isolation: _builtins.str
     """The isolation class it runs under: "container" or "gvisor"."""
+    source_snapshot: _builtins.str
+    """The snapshot it was created from, or its parent's fork snapshot."""
+    forked_from: _builtins.str
+    """For a fork's child: the sandbox it was forked from."""
+    paused_snapshot: _builtins.str
+    """While PAUSED: the snapshot that holds its state."""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -141,6 +156,10 @@ class Sandbox(_message.Message):
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When its timeout fires, if it has one."""
+
+    @_builtins.property
+    def network(self) -> _network_pb2.NetworkPolicy:
+        """What it may reach (see NetworkPolicy); empty: nothing."""
 
     def __init__(
         self,
@@ -160,10 +179,14 @@ class Sandbox(_message.Message):
         isolation: _builtins.str = ...,
         public_ports: _abc.Iterable[_builtins.int] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        network: _network_pb2.NetworkPolicy | None = ...,
+        source_snapshot: _builtins.str = ...,
+        forked_from: _builtins.str = ...,
+        paused_snapshot: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "network", b"network", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,6 +244,8 @@ class CreateSandboxRequest(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     TRUST_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """Template name; "base" when empty."""
     name: _builtins.str
@@ -232,6 +257,11 @@ class CreateSandboxRequest(_message.Message):
     """
     trust: _builtins.str
     """"trusted" or "untrusted"; empty means the tenant's default. Only used when isolation is auto."""
+    snapshot: _builtins.str
+    """Start from this snapshot (id or name) instead of an empty layer: its template and isolation
+    class are the snapshot's (`template` must be empty or the same; `isolation` likewise), and
+    resources default to the snapshot's sandbox's.
+    """
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -239,6 +269,10 @@ class CreateSandboxRequest(_message.Message):
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Environment variables every process in the sandbox starts with."""
+
+    @_builtins.property
+    def network(self) -> _network_pb2.NetworkPolicy:
+        """What the sandbox may reach; default deny (nothing) when unset."""
 
     def __init__(
         self,
@@ -251,10 +285,12 @@ class CreateSandboxRequest(_message.Message):
         timeout_seconds: _builtins.int = ...,
         isolation: _builtins.str = ...,
         trust: _builtins.str = ...,
+        network: _network_pb2.NetworkPolicy | None = ...,
+        snapshot: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "resources", b"resources", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -479,3 +515,161 @@ class SetPortVisibilityRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPortVisibilityRequest: _TypeAlias = SetPortVisibilityRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    name: _builtins.str
+    """Optional; unique among the tenant's snapshots. Lowercase letters, digits and '-', 1 to 63 characters."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotSandboxRequest: _TypeAlias = SnapshotSandboxRequest  # noqa: Y015
+
+@_typing.final
+class PauseSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseSandboxRequest: _TypeAlias = PauseSandboxRequest  # noqa: Y015
+
+@_typing.final
+class ResumeSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeSandboxRequest: _TypeAlias = ResumeSandboxRequest  # noqa: Y015
+
+@_typing.final
+class ForkSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    count: _builtins.int
+    """How many children: 1 to 100."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Added to each child's metadata (the parent's is copied first)."""
+
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        count: _builtins.int = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "metadata", b"metadata", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSandboxRequest: _TypeAlias = ForkSandboxRequest  # noqa: Y015
+
+@_typing.final
+class ForkSandboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOXES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    snapshot_id: _builtins.str
+    """The snapshot the children started from."""
+    @_builtins.property
+    def sandboxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sandbox]: ...
+    def __init__(
+        self,
+        *,
+        sandboxes: _abc.Iterable[Global___Sandbox] | None = ...,
+        snapshot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandboxes", b"sandboxes", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSandboxResponse: _TypeAlias = ForkSandboxResponse  # noqa: Y015

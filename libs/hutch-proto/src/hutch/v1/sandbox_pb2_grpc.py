@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from hutch.v1 import sandbox_pb2 as hutch_dot_v1_dot_sandbox__pb2
+from hutch.v1 import snapshot_pb2 as hutch_dot_v1_dot_snapshot__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -71,6 +72,26 @@ class SandboxesStub:
                 request_serializer=hutch_dot_v1_dot_sandbox__pb2.SetPortVisibilityRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/hutch.v1.Sandboxes/Snapshot',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.SnapshotSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_snapshot__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/hutch.v1.Sandboxes/Pause',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.PauseSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/hutch.v1.Sandboxes/Resume',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.ResumeSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+                _registered_method=True)
+        self.Fork = channel.unary_unary(
+                '/hutch.v1.Sandboxes/Fork',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxesServicer:
@@ -125,6 +146,37 @@ class SandboxesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Captures the sandbox as it is now (filesystem; under gVisor also memory and running
+        processes) while it keeps running; returns once the snapshot is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """Snapshots the sandbox and releases its CPU and memory: state PAUSED until Resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Starts a paused sandbox again from its snapshot, on the node that still holds it when that
+        node has room, elsewhere otherwise; returns once it runs. Resuming a running sandbox is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fork(self, request, context):
+        """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
+        once they all run. On the parent's node the children share its layer copy-on-write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +214,26 @@ def add_SandboxesServicer_to_server(servicer, server):
                     servicer.SetPortVisibility,
                     request_deserializer=hutch_dot_v1_dot_sandbox__pb2.SetPortVisibilityRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.SnapshotSandboxRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_snapshot__pb2.Snapshot.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.PauseSandboxRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.ResumeSandboxRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
+            ),
+            'Fork': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fork,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +427,114 @@ class Sandboxes:
             '/hutch.v1.Sandboxes/SetPortVisibility',
             hutch_dot_v1_dot_sandbox__pb2.SetPortVisibilityRequest.SerializeToString,
             hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/Snapshot',
+            hutch_dot_v1_dot_sandbox__pb2.SnapshotSandboxRequest.SerializeToString,
+            hutch_dot_v1_dot_snapshot__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/Pause',
+            hutch_dot_v1_dot_sandbox__pb2.PauseSandboxRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/Resume',
+            hutch_dot_v1_dot_sandbox__pb2.ResumeSandboxRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/Fork',
+            hutch_dot_v1_dot_sandbox__pb2.ForkSandboxRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.ForkSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

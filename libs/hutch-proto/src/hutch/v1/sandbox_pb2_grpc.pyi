@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from hutch.v1 import sandbox_pb2 as _sandbox_pb2
+from hutch.v1 import snapshot_pb2 as _snapshot_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -48,6 +49,20 @@ class SandboxesStub:
     need the URL's signed token (or the tenant's API key); public ones need nothing.
     """
     SetPortVisibility: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.SetPortVisibilityRequest, _sandbox_pb2.Sandbox]
+    Snapshot: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.SnapshotSandboxRequest, _snapshot_pb2.Snapshot]
+    """Captures the sandbox as it is now (filesystem; under gVisor also memory and running
+    processes) while it keeps running; returns once the snapshot is stored.
+    """
+    Pause: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.PauseSandboxRequest, _sandbox_pb2.Sandbox]
+    """Snapshots the sandbox and releases its CPU and memory: state PAUSED until Resume."""
+    Resume: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ResumeSandboxRequest, _sandbox_pb2.Sandbox]
+    """Starts a paused sandbox again from its snapshot, on the node that still holds it when that
+    node has room, elsewhere otherwise; returns once it runs. Resuming a running sandbox is a no-op.
+    """
+    Fork: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ForkSandboxRequest, _sandbox_pb2.ForkSandboxResponse]
+    """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
+    once they all run. On the parent's node the children share its layer copy-on-write.
+    """
 
 @_typing.type_check_only
 class SandboxesAsyncStub(SandboxesStub):
@@ -69,6 +84,20 @@ class SandboxesAsyncStub(SandboxesStub):
     need the URL's signed token (or the tenant's API key); public ones need nothing.
     """
     SetPortVisibility: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.SetPortVisibilityRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
+    Snapshot: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.SnapshotSandboxRequest, _snapshot_pb2.Snapshot]  # type: ignore[assignment]
+    """Captures the sandbox as it is now (filesystem; under gVisor also memory and running
+    processes) while it keeps running; returns once the snapshot is stored.
+    """
+    Pause: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.PauseSandboxRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
+    """Snapshots the sandbox and releases its CPU and memory: state PAUSED until Resume."""
+    Resume: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ResumeSandboxRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
+    """Starts a paused sandbox again from its snapshot, on the node that still holds it when that
+    node has room, elsewhere otherwise; returns once it runs. Resuming a running sandbox is a no-op.
+    """
+    Fork: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ForkSandboxRequest, _sandbox_pb2.ForkSandboxResponse]  # type: ignore[assignment]
+    """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
+    once they all run. On the parent's node the children share its layer copy-on-write.
+    """
 
 class SandboxesServicer(metaclass=_abc_1.ABCMeta):
     """Sandboxes: create, look up, list and kill a tenant's sandboxes.
@@ -129,5 +158,43 @@ class SandboxesServicer(metaclass=_abc_1.ABCMeta):
         request: _sandbox_pb2.SetPortVisibilityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]: ...
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _sandbox_pb2.SnapshotSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_pb2.Snapshot, _abc.Awaitable[_snapshot_pb2.Snapshot]]:
+        """Captures the sandbox as it is now (filesystem; under gVisor also memory and running
+        processes) while it keeps running; returns once the snapshot is stored.
+        """
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _sandbox_pb2.PauseSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]:
+        """Snapshots the sandbox and releases its CPU and memory: state PAUSED until Resume."""
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _sandbox_pb2.ResumeSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]:
+        """Starts a paused sandbox again from its snapshot, on the node that still holds it when that
+        node has room, elsewhere otherwise; returns once it runs. Resuming a running sandbox is a no-op.
+        """
+
+    @_abc_1.abstractmethod
+    def Fork(
+        self,
+        request: _sandbox_pb2.ForkSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.ForkSandboxResponse, _abc.Awaitable[_sandbox_pb2.ForkSandboxResponse]]:
+        """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
+        once they all run. On the parent's node the children share its layer copy-on-write.
+        """
 
 def add_SandboxesServicer_to_server(servicer: SandboxesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -33,8 +33,8 @@ EXIT_EXEC_FAILED: Final = 125
 EXIT_CODES_HELP: Final = (
     "Exit status: 0 success; 1 the request failed (the error line says why); 2 bad command line; "
     "3 no API key, or the gateway rejected it; 130 interrupted. "
-    "`hutch exec` exits with the command's own status instead: 124 if it timed out, "
-    "125 if hutch itself failed, 128+N if signal N killed it."
+    "`hutch exec`, `hutch shell` and `hutch attach` exit with the remote command's own status instead: "
+    "124 if it timed out, 125 if hutch itself failed, 128+N if signal N killed it."
 )
 
 # Transfers smaller than this finish too fast for a progress bar to help.

@@ -19,7 +19,7 @@ from hutch._convert import process_config
 from hutch._portal import PORTAL
 from hutch._process import ProcessOutcome, run_process
 from hutch._sources import ByteSource
-from hutch.cli._shared import EXIT_EXEC_FAILED, EXIT_EXEC_TIMEOUT, error_line, parse_pairs
+from hutch.cli._shared import EXIT_EXEC_FAILED, EXIT_EXEC_TIMEOUT, connected, error_line, out, parse_pairs
 from hutch.exceptions import HutchError
 from hutch.v1 import process_pb2
 
@@ -28,6 +28,9 @@ HELP = (
     "Give several arguments after -- to run a program directly (hutch exec SB -- ls -la /tmp), "
     "or one quoted argument to run it through the shell (hutch exec SB -- 'ls | wc -l'). "
     "When stdin is not a terminal it is passed to the command.\n\n"
+    "With --background, hutch prints the command's pid as soon as it started and exits; the command "
+    "keeps running (with no time limit unless --timeout is given). Follow it with `hutch attach`, "
+    "list it with `hutch ps`, stop it with `hutch kill-process`.\n\n"
     "Exit status: the command's own; 124 if it timed out; 125 if hutch itself failed "
     "(the error line says why); 128+N if signal N killed it."
 )
@@ -87,9 +90,15 @@ def exec_command(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds before the command is killed (exit 124); no limit by default.")
     ] = None,
+    background: Annotated[
+        bool, typer.Option("--background", "-b", help="Print the pid once started and leave it running.")
+    ] = False,
 ) -> None:
     """Run a command in a sandbox, with its output here and its exit status as hutch's."""
     envs = parse_pairs(env, "--env")
+    if background:
+        _start_in_background(sandbox, command, envs, cwd, user, timeout)
+        return
     stdin = _stdin_to_pass()
     try:
         config = resolve()
@@ -118,3 +127,23 @@ def exec_command(
         error_line(f"the command was still running after {timeout or 0:g} s, so it was killed")
         raise typer.Exit(EXIT_EXEC_TIMEOUT)
     raise typer.Exit(outcome.exit_code)
+
+
+def _start_in_background(
+    sandbox: str, command: list[str], envs: dict[str, str], cwd: str | None, user: str | None, timeout: float | None
+) -> None:
+    try:
+        with connected(sandbox) as box:
+            handle = box.commands.run(
+                command[0] if len(command) == 1 else command,
+                background=True,
+                envs=envs,
+                cwd=cwd,
+                user=user,
+                timeout=timeout,
+            )
+            handle.disconnect()
+    except HutchError as exc:
+        error_line(exc.message)
+        raise typer.Exit(EXIT_EXEC_FAILED) from None
+    out.print(handle.pid)

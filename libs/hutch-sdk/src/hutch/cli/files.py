@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import stat
 import sys
@@ -14,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from hutch import EntryInfo, FileType
+from hutch import EntryInfo, FilesystemEvent, FileType
 from hutch.cli._shared import EXIT_ERROR, connected, error_line, out, print_json, transfer_progress, when
 
 app = typer.Typer(name="files", help="List, read, copy and remove a sandbox's files.", no_args_is_help=True)
@@ -177,3 +179,40 @@ def make_dir(
     with connected(sandbox) as handle:
         for path in paths:
             handle.files.make_dir(path)
+
+
+def describe_event(event: FilesystemEvent) -> str:
+    """One line for an event: its type, then the path ("/" after a directory), a rename's old path first."""
+    path = event.path + ("/" if event.is_dir else "")
+    if event.type == "rename" and event.old_path:
+        path = f"{event.old_path}{'/' if event.is_dir else ''} -> {path}"
+    return f"{event.type:<7} {path}"
+
+
+@app.command()
+def watch(
+    sandbox: SandboxArgument,
+    path: Annotated[str, typer.Argument(metavar="PATH", help="Directory to watch.")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also watch every directory below, new ones included.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per event.")] = False,
+) -> None:
+    """Print changes under a directory as they happen, until Ctrl-C (exit status 130)."""
+    with connected(sandbox) as handle:
+        watching = handle.files.watch_dir(path, recursive=recursive)
+        try:
+            for event in watching:
+                if json_output:
+                    sys.stdout.write(json.dumps(dataclasses.asdict(event)) + "\n")
+                else:
+                    sys.stdout.write(describe_event(event) + "\n")
+                # Flushed per event: whoever reads this (a person, a pipe) wants it when it happens.
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        finally:
+            # An error that ended the watch propagates from the loop already; after Ctrl-C, how the
+            # watch ends matters to nobody.
+            with contextlib.suppress(Exception):
+                watching.stop()

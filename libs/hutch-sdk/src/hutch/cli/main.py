@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli import files, local, sandbox, template
+from hutch.cli import files, local, processes, sandbox, shell, snapshot, template, usage
 from hutch.cli._shared import EXIT_CODES_HELP, error_line, exit_code_for
 from hutch.cli.execute import HELP as EXEC_HELP
 from hutch.cli.execute import exec_command
+from hutch.cli.preview import preview
 from hutch.exceptions import HutchError
 
 
@@ -46,8 +47,15 @@ def _root(
 
 app.add_typer(sandbox.app)
 app.command("exec", help=EXEC_HELP)(exec_command)
+app.command("shell", help=shell.HELP)(shell.shell_command)
+app.command("ps")(processes.ps)
+app.command("attach", help=processes.ATTACH_HELP)(processes.attach)
+app.command("kill-process", help=processes.KILL_HELP)(processes.kill_process)
+app.command("preview")(preview)
 app.add_typer(files.app)
 app.add_typer(template.app)
+app.add_typer(snapshot.app)
+app.add_typer(usage.app)
 local.mount(app)
 
 

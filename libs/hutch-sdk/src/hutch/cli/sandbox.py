@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from hutch import NotFoundError, Sandbox, SandboxError, SandboxInfo, SandboxState
-from hutch.cli._shared import EXIT_ERROR, error_line, out, parse_pairs, print_json, when
+from hutch import NotFoundError, ResourceExhaustedError, Sandbox, SandboxError, SandboxInfo, SandboxState
+from hutch.cli._shared import EXIT_ERROR, connected, error_line, out, parse_pairs, print_json, when
+from hutch.cli._waiting import waiting
 
 app = typer.Typer(name="sandbox", help="Create, list, inspect and kill sandboxes.", no_args_is_help=True)
 
@@ -18,9 +20,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 @app.command()
 def create(
-    template: Annotated[str, typer.Option("--template", "-t", help="Template to start from.")] = "base",
-    cpu: Annotated[float, typer.Option(help="vCPUs, e.g. 0.5 or 2.")] = 1.0,
-    memory_mb: Annotated[int, typer.Option("--memory-mb", help="Memory in MiB.")] = 512,
+    template: Annotated[
+        str | None, typer.Option("--template", "-t", help="Template to start from (default: base, or the snapshot's).")
+    ] = None,
+    cpu: Annotated[float | None, typer.Option(help="vCPUs, e.g. 0.5 or 2 (default: 1, or the snapshot's).")] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="Memory in MiB (default: 512, or the snapshot's).")
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Unique name: lowercase letters, digits and '-'; usable as the id.")
     ] = None,
@@ -39,20 +45,26 @@ def create(
     trust: Annotated[
         str | None, typer.Option(help="trusted or untrusted (untrusted code gets gVisor under auto).")
     ] = None,
+    snapshot: Annotated[
+        str | None,
+        typer.Option(help="Start from this snapshot (id or name): its files, and under gVisor its processes."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a sandbox and print its id once it runs."""
-    sandbox = Sandbox.create(
-        template=template,
-        cpu=cpu,
-        memory_mb=memory_mb,
-        name=name,
-        metadata=parse_pairs(metadata, "--metadata"),
-        envs=parse_pairs(env, "--env"),
-        timeout=timeout,
-        isolation=isolation,
-        trust=trust,
-    )
+    with waiting(f"starting from snapshot {snapshot}" if snapshot else "starting"):
+        sandbox = Sandbox.create(
+            template=template,
+            cpu=cpu,
+            memory_mb=memory_mb,
+            name=name,
+            metadata=parse_pairs(metadata, "--metadata"),
+            envs=parse_pairs(env, "--env"),
+            timeout=timeout,
+            isolation=isolation,
+            trust=trust,
+            snapshot=snapshot,
+        )
     try:
         if json_output:
             print_json(sandbox.get_info())
@@ -119,6 +131,8 @@ def get(
         ("started", when(info.started_at)),
         ("ended", when(info.ended_at)),
         ("timeout", f"{info.timeout} s" if info.timeout else "none"),
+        ("expires", when(info.expires_at)),
+        ("public ports", " ".join(str(port) for port in info.public_ports) or "-"),
     ]
     rows.extend((f"metadata.{key}", value) for key, value in sorted(info.metadata.items()))
     for key, value in rows:
@@ -147,6 +161,104 @@ def kill(
         raise typer.Exit(EXIT_ERROR)
 
 
+@app.command()
+def pause(
+    sandboxes: Annotated[list[str], typer.Argument(metavar="SANDBOX", help="Sandbox ids or names.")],
+) -> None:
+    """Pause sandboxes: snapshot each and free its CPU and memory until it is resumed.
+
+    Prints each id once paused. Goes on with the others when one cannot be paused, then exits with 1.
+    """
+    _each(sandboxes, "pausing", Sandbox.pause)
+
+
+@app.command()
+def resume(
+    sandboxes: Annotated[list[str], typer.Argument(metavar="SANDBOX", help="Sandbox ids or names.")],
+) -> None:
+    """Resume paused sandboxes, printing each id once it runs again.
+
+    Goes on with the others when one cannot be resumed, then exits with 1.
+    """
+    _each(sandboxes, "resuming", Sandbox.resume)
+
+
+def _each(sandboxes: list[str], doing: str, action: Callable[[str], SandboxInfo]) -> None:
+    failed = False
+    for sandbox in sandboxes:
+        try:
+            with waiting(f"{doing} {sandbox}"):
+                info = action(sandbox)
+        except (NotFoundError, SandboxError, ResourceExhaustedError) as exc:
+            error_line(exc.message)
+            failed = True
+        else:
+            out.print(info.id)
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+def fork(
+    sandbox: Annotated[str, typer.Argument(metavar="SANDBOX", help="Sandbox id or name.")],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=100, help="How many children.")] = 1,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Added to each child's metadata; repeatable."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Fork a running sandbox into new ones that start with its state; print their ids once they run.
+
+    Each child gets a copy of the files (under gVisor also of the running processes). All or
+    nothing: if one cannot start, none is kept.
+    """
+    extra = parse_pairs(metadata, "--metadata")
+    with connected(sandbox) as parent, waiting(f"forking {sandbox} into {count}"):
+        children = parent.fork(count, extra)
+    try:
+        if json_output:
+            print_json([child.get_info() for child in children])
+        else:
+            for child in children:
+                out.print(child.id)
+    finally:
+        for child in children:
+            child.close()
+
+
 def _state(info: SandboxInfo) -> str:
     # The reason says why a sandbox failed or was killed, which is what one looks for first.
     return f"{info.state} ({info.state_reason})" if info.state_reason else str(info.state)
+
+
+def parse_lifetime(value: str) -> float | None:
+    """SECONDS or "none" (also 0, "off"): the new lifetime, None for no timeout.
+
+    Raises:
+        typer.BadParameter: It is neither (exit status 2).
+    """
+    text = value.strip().lower()
+    if text in ("none", "off", "0"):
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 2**32:
+        raise typer.BadParameter(f"expected a positive number of seconds or none, got {value!r}", param_hint="SECONDS")
+    return seconds
+
+
+@app.command("set-timeout")
+def set_timeout(
+    sandbox: Annotated[str, typer.Argument(metavar="SANDBOX", help="Sandbox id or name.")],
+    seconds: Annotated[
+        str, typer.Argument(metavar="SECONDS|none", help="Seconds from now until it is killed, or none.")
+    ],
+) -> None:
+    """Set how long a sandbox may still live, counted from now; `none` lets it live until killed."""
+    lifetime = parse_lifetime(seconds)
+    with connected(sandbox) as box:
+        info = box.set_timeout(lifetime)
+    out.print(f"{info.id} expires {when(info.expires_at)}" if info.expires_at else f"{info.id} lives until killed")

@@ -57,6 +57,8 @@ _DISCOVER_IMPORTS = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
 import sandbox_supervisor
+for name in sandbox_supervisor.ON_DEMAND_MODULES:
+    __import__(name)
 print(os.path.dirname(os.__file__))
 for module in list(sys.modules.values()):
     print(getattr(module, "__file__", None) or "")

@@ -1,15 +1,17 @@
 """The supervisor: PID 1 of every sandbox.
 
 It listens on the unix socket named by HUTCH_SUPERVISOR_SOCKET and serves one operation per
-connection with the frames defined in protocol.py: it runs processes (exec) and works on files
-(read, write, list, stat, remove, rename, mkdir) from inside the sandbox's own namespaces, so paths
-and users are the sandbox's. As PID 1 it also reaps every process that exits in the sandbox,
-including orphans re-parented to it.
+connection with the frames defined in protocol.py: it runs processes (exec, in the foreground, in the
+background or on a terminal; attach, stdin, signal, processes), works on files (read, write, list,
+stat, remove, rename, mkdir, watch) and relays TCP connections to the sandbox's loopback (tcp), all
+from inside the sandbox's own namespaces, so paths, users and ports are the sandbox's. As PID 1 it
+also reaps every process that exits in the sandbox, including orphans re-parented to it.
 
 It runs on the private runtime built by bundle.py, which copies exactly the modules this file
-imports: it uses nothing but the standard library and imports everything at module level. The
-sandbox is ready once this listens, so startup stays lean: no asyncio, one thread per connection
-plus one reaper thread.
+imports (plus ON_DEMAND_MODULES): it uses nothing but the standard library. The sandbox is ready
+once this listens, so startup stays lean: no asyncio, no OpenSSL until the first file transfer, one
+thread per connection (two for a tcp relay) plus one reaper thread, and one thread that collects the
+output of background processes, started with the first of them.
 
 Processes are started with fork + exec rather than subprocess, whose own waitpid would race the
 reaper. A process runs in its own session and process group; signals, timeouts and a closed
@@ -18,7 +20,9 @@ connection act on the whole group.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import grp
 import json
 import os
@@ -27,19 +31,28 @@ import select
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 try:
     from . import protocol
 except ImportError:  # run as a script: the bundle puts protocol.py next to this file
     import protocol  # type: ignore[no-redef, import-not-found]
 
+# Imported on first use, not at start: hashlib loads OpenSSL's libcrypto (about 2.5 ms of a ~20 ms
+# start, more under gVisor), which only file transfers need; its SHA-256 is three times faster than
+# the interpreter's own. bundle.py ships these modules too.
+ON_DEMAND_MODULES = ("hashlib",)
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MAX_LIST_ENTRIES = 10000
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 # When the supervisor has no children the reaper sleeps this long between checks; a process that
 # joined the sandbox from outside (crun exec) and was orphaned is reaped within this delay.
 IDLE_REAP_INTERVAL_S = 1.0
@@ -48,6 +61,23 @@ IDLE_REAP_INTERVAL_S = 1.0
 DRAIN_CHUNKS = 16
 # How long a finished connection waits for the node-agent to close its side (see linger()).
 LINGER_S = 5.0
+# Output kept for each background process (exec "buffer_bytes"): the default and the most allowed.
+DEFAULT_OUTPUT_BUFFER = 256 * 1024
+MAX_OUTPUT_BUFFER = 4 * 1024 * 1024
+# Background processes that have exited stay listed (and attachable) until this many newer ones
+# have; their output is let go first, oldest first, once together it exceeds the second figure.
+MAX_FINISHED_PROCESSES = 100
+MAX_FINISHED_OUTPUT = 16 * 1024 * 1024
+# After a background process exits, its output is still collected for this long: a terminal hands
+# over what the process wrote just before it exited a little later than a pipe does.
+EXIT_DRAIN_S = 0.1
+# A connection blocked writing to a process's full stdin checks this often whether the process has
+# exited or the connection has gone (gVisor does not report POLLRDHUP).
+INPUT_RECHECK_MS = 500
+MAX_TERMINAL_SIZE = 1000
+DEFAULT_TERM = "xterm-256color"
+# How long the probe of the first terminal waits for the signals a kernel sends at once if at all.
+TERMINAL_PROBE_WAIT_S = 0.1
 # accept() errors that say "not now" rather than "this socket is broken".
 TRANSIENT_ACCEPT_ERRORS = {
     errno.EMFILE,
@@ -57,6 +87,13 @@ TRANSIENT_ACCEPT_ERRORS = {
     errno.ECONNABORTED,
 }
 SUPERVISOR_IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# After `quiesce` the supervisor listens again when the host sends this signal to PID 1 (once the
+# checkpoint is written, or in the sandbox restored from it), or by itself after QUIESCE_MAX_S, so a
+# host that died half-way never leaves it deaf for good.
+RELISTEN_SIGNAL = signal.Signals["SIG" + protocol.RELISTEN_SIGNAL]
+QUIESCE_MAX_S = 120.0
+# How long quiesce waits for the other connections' threads to let go of their sockets.
+QUIESCE_DRAIN_S = 5.0
 # exec keeps ignored dispositions: Python ignores SIGPIPE and SIGXFSZ, the supervisor ignores the
 # above and may inherit more, so a started process gets every default back explicitly.
 CHILD_RESET_SIGNALS = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
@@ -225,8 +262,8 @@ def int_arg(request: dict[str, object], name: str, default: int, minimum: int) -
     return value
 
 
-def bool_arg(request: dict[str, object], name: str) -> bool:
-    value = request.get(name, False)
+def bool_arg(request: dict[str, object], name: str, default: bool = False) -> bool:
+    value = request.get(name, default)
     if not isinstance(value, bool):
         raise invalid(f'"{name}" must be true or false')
     return value
@@ -477,7 +514,11 @@ class Reaper:
 
 
 class ExecSpec:
-    """A validated exec request: what to run, as whom, where, with what and for how long."""
+    """A validated exec request: what to run, as whom, where, with what and for how long.
+
+    `terminal` is the (cols, rows) of the pseudo-terminal the process runs on, None for pipes; a
+    process on a terminal always runs in the background. `cmd` is the shell line it came from.
+    """
 
     def __init__(
         self,
@@ -487,13 +528,22 @@ class ExecSpec:
         account: Account,
         timeout_s: float,
         stdin: bool,
+        *,
+        cmd: str | None = None,
+        background: bool = False,
+        terminal: tuple[int, int] | None = None,
+        buffer_bytes: int = DEFAULT_OUTPUT_BUFFER,
     ) -> None:
         self.argv = argv
         self.env = env
         self.cwd = cwd
         self.account = account
         self.timeout_s = timeout_s
-        self.stdin = stdin
+        self.stdin = stdin or terminal is not None
+        self.cmd = cmd
+        self.background = background or terminal is not None
+        self.terminal = terminal
+        self.buffer_bytes = buffer_bytes
         self.search_path = env.get("PATH") or DEFAULT_PATH
 
 
@@ -524,9 +574,32 @@ def parse_env(request: dict[str, object]) -> dict[str, str]:
     return env
 
 
+def parse_terminal_size(value: object, what: str) -> tuple[int, int]:
+    """(cols, rows) from {"cols": int, "rows": int}, each 1..MAX_TERMINAL_SIZE."""
+    if not isinstance(value, dict):
+        raise invalid(f'{what} must be an object with "cols" and "rows"')
+    size = []
+    for name in ("cols", "rows"):
+        number = value.get(name)
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_TERMINAL_SIZE:
+            raise invalid(f'{what}: "{name}" must be an integer from 1 to {MAX_TERMINAL_SIZE}')
+        size.append(number)
+    return size[0], size[1]
+
+
+def parse_buffer_bytes(request: dict[str, object]) -> int:
+    size = int_arg(request, "buffer_bytes", DEFAULT_OUTPUT_BUFFER, minimum=1)
+    if size > MAX_OUTPUT_BUFFER:
+        raise invalid(f'"buffer_bytes" must be at most {MAX_OUTPUT_BUFFER}, got {size}')
+    return size
+
+
 def parse_exec_request(request: dict[str, object], default_user: str) -> ExecSpec:
     argv = parse_argv(request)
     env = parse_env(request)
+    terminal = None if request.get("pty") is None else parse_terminal_size(request["pty"], '"pty"')
+    if terminal is not None and "TERM" not in env:
+        env = {**env, "TERM": DEFAULT_TERM}
     account = find_account(string_arg(request, "user") or default_user)
     cwd = string_arg(request, "cwd")
     if cwd:
@@ -536,7 +609,18 @@ def parse_exec_request(request: dict[str, object], default_user: str) -> ExecSpe
     timeout_s = int_arg(request, "timeout_ms", 0, minimum=0) / 1000
     # What a login would set; the request's own values win.
     env = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name, **env}
-    return ExecSpec(argv, env, cwd, account, timeout_s, bool_arg(request, "stdin"))
+    return ExecSpec(
+        argv,
+        env,
+        cwd,
+        account,
+        timeout_s,
+        bool_arg(request, "stdin"),
+        cmd=string_arg(request, "cmd") or None,
+        background=bool_arg(request, "background"),
+        terminal=terminal,
+        buffer_bytes=parse_buffer_bytes(request),
+    )
 
 
 def execute(argv: list[str], env: dict[str, str], search_path: str) -> None:
@@ -586,6 +670,9 @@ def run_child(spec: ExecSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, rep
     stage = "setup"
     try:
         os.setsid()
+        if spec.terminal is not None:
+            # The new session's controlling terminal, so that Ctrl-C and job control work on it.
+            fcntl.ioctl(stdin_fd, termios.TIOCSCTTY, 0)
         for signum in CHILD_RESET_SIGNALS:
             try:
                 signal.signal(signum, signal.SIG_DFL)
@@ -600,6 +687,9 @@ def run_child(spec: ExecSpec, stdin_fd: int, stdout_fd: int, stderr_fd: int, rep
             report_fd = 3
         os.closerange(4, os.sysconf("SC_OPEN_MAX"))
         stage = "user"
+        if spec.terminal is not None:
+            # The user's terminal, as a login makes it: programs reopen it as /dev/tty.
+            os.fchown(0, spec.account.uid, -1)
         os.setgroups(spec.account.groups)
         os.setgid(spec.account.gid)
         os.setuid(spec.account.uid)
@@ -677,35 +767,79 @@ def start_error(err: OSError) -> OpError:
     return OpError(ERRNO_CODES.get(err.errno or 0, "internal"), f"cannot start a process: {describe_os_error(err)}")
 
 
-def start_process(spec: ExecSpec, reaper: Reaper) -> Child:
-    """Forks and execs the process described by `spec`; raises OpError if it does not start."""
+def set_window_size(fd: int, cols: int, rows: int) -> None:
+    """Sizes the terminal; the kernel sends SIGWINCH to its foreground process group."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def open_terminal(cols: int, rows: int) -> tuple[int, int]:
+    """A new pseudo-terminal of that size, as (master, slave), both close-on-exec."""
+    master, slave = os.openpty()
+    try:
+        set_window_size(master, cols, rows)
+    except BaseException:
+        close_fds(master, slave)
+        raise
+    return master, slave
+
+
+def open_stdio(spec: ExecSpec) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The child's (stdin, stdout, stderr) and the supervisor's ends of them, (stdin, stdout, stderr).
+
+    On a terminal the child gets the slave three times and the supervisor the master: read for
+    output, and a duplicate for input, which ProcessInput owns apart from the output side.
+    """
+    if spec.terminal is not None:
+        master, slave = open_terminal(*spec.terminal)
+        try:
+            terminal_input = os.dup(master)
+        except BaseException:
+            close_fds(master, slave)
+            raise
+        return (slave, slave, slave), (terminal_input, master, -1)
     fds: list[int] = []
     try:
-        for _ in range(4):
+        for _ in range(3):
             fds.extend(os.pipe2(os.O_CLOEXEC))
-    except OSError as err:
+    except BaseException:
         close_fds(*fds)
-        raise start_error(err) from None
-    stdin_read, stdin_write, stdout_read, stdout_write, stderr_read, stderr_write, report_read, report_write = fds
+        raise
+    stdin_read, stdin_write, stdout_read, stdout_write, stderr_read, stderr_write = fds
+    return (stdin_read, stdout_write, stderr_write), (stdin_write, stdout_read, stderr_read)
+
+
+def start_process(spec: ExecSpec, reaper: Reaper) -> Child:
+    """Forks and execs the process described by `spec`; raises OpError if it does not start."""
     try:
-        pid, notice = reaper.start(lambda: fork_child(spec, stdin_read, stdout_write, stderr_write, report_write))
+        child_ends, own_ends = open_stdio(spec)
+    except OSError as err:
+        raise start_error(err) from None
+    try:
+        report_read, report_write = os.pipe2(os.O_CLOEXEC)
+    except OSError as err:
+        close_fds(*set(child_ends), *own_ends)
+        raise start_error(err) from None
+    try:
+        pid, notice = reaper.start(lambda: fork_child(spec, *child_ends, report_write))
     except BaseException as err:
-        close_fds(stdin_write, stdout_read, stderr_read, report_read)
+        close_fds(*own_ends, report_read)
         if isinstance(err, OSError):
             raise start_error(err) from None
         raise
     finally:
-        close_fds(stdin_read, stdout_write, stderr_write, report_write)  # the child's ends
+        close_fds(*set(child_ends), report_write)  # the child's ends (a terminal's slave only once)
     failure = read_to_end(report_read)
     os.close(report_read)
-    child = Child(pid, stdin_write, stdout_read, stderr_read, notice)
+    child = Child(pid, *own_ends, notice)
     if failure:
         notice.wait()
         child.close()
         code, _, message = failure.decode(errors="replace").partition("\n")
         raise OpError(code, message)
     if spec.stdin:
-        os.set_blocking(stdin_write, False)  # a process that does not read must not block the relay
+        # A process that does not read must not block the relay (on a terminal this also makes the
+        # master non-blocking, which the output pump relies on: they share one open file).
+        os.set_blocking(child.stdin_fd, False)
     else:
         child.close_stdin()  # the process sees end-of-file at once
     return child
@@ -717,11 +851,14 @@ def exit_report(status: int, timed_out: bool) -> dict[str, object]:
     return {"exit_code": os.WEXITSTATUS(status), "signal": 0, "timed_out": timed_out}
 
 
-def parse_signal(payload: bytes) -> int:
-    signum = decode_object(payload, "SIGNAL frame").get("signal")
-    if not isinstance(signum, int) or isinstance(signum, bool) or not 0 < signum < signal.NSIG:
+def signal_number(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < signal.NSIG:
         raise invalid(f'"signal" must be a signal number between 1 and {signal.NSIG - 1}')
-    return signum
+    return value
+
+
+def parse_signal(payload: bytes) -> int:
+    return signal_number(decode_object(payload, "SIGNAL frame").get("signal"))
 
 
 class ExecRelay:
@@ -851,17 +988,1232 @@ class ExecRelay:
                 send_frame(self._conn, frame_type, data)
 
 
+# Background processes ----------------------------------------------------------------------------
+
+
+class OutputChunk:
+    """Consecutive output of one stream: `offset` is the position of its first byte."""
+
+    __slots__ = ("offset", "frame_type", "data")
+
+    def __init__(self, offset: int, frame_type: int, data: bytes) -> None:
+        self.offset = offset
+        self.frame_type = frame_type
+        self.data = bytearray(data)
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+class OutputBuffer:
+    """The recent output of a background process: stdout and stderr chunks in the order they were
+    written, at most `limit` bytes, the oldest dropped first.
+
+    Positions are byte offsets into everything the process ever wrote (both streams together), so a
+    reader's cursor stays meaningful while data is dropped in front of it, and `start` (the offset of
+    the oldest byte kept) is also the number of bytes dropped. Consecutive writes to the same stream
+    are merged into one chunk (up to a frame's worth), and the number of chunks is bounded too, so
+    that a process alternating single bytes between its streams cannot make the bookkeeping outgrow
+    the data.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.max_chunks = max(16, limit // 256)
+        self.start = 0
+        self.end = 0
+        self._chunks: deque[OutputChunk] = deque()
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def append(self, frame_type: int, data: bytes) -> None:
+        last = self._chunks[-1] if self._chunks else None
+        if last is not None and last.frame_type == frame_type and len(last.data) + len(data) <= protocol.CHUNK:
+            last.data += data
+        else:
+            self._chunks.append(OutputChunk(self.end, frame_type, data))
+        self.end += len(data)
+        self._trim()
+
+    def _trim(self) -> None:
+        while self.size > self.limit or len(self._chunks) > self.max_chunks:
+            oldest = self._chunks[0]
+            excess = self.size - self.limit
+            if len(self._chunks) <= self.max_chunks and excess < len(oldest.data):
+                del oldest.data[:excess]  # only the front of the oldest chunk has to go
+                oldest.offset += excess
+                self.start += excess
+            else:
+                self._chunks.popleft()
+                self.start += len(oldest.data)
+
+    def read(self, cursor: int, max_bytes: int = protocol.CHUNK) -> tuple[int, list[tuple[int, bytes]], int]:
+        """What follows `cursor`: (bytes dropped before it could be read, [(frame type, data)] of at
+        most `max_bytes` together, the cursor after them).
+        """
+        skipped = max(0, self.start - cursor)
+        cursor = max(cursor, self.start)
+        first = len(self._chunks)
+        # Readers are usually near the end, following live output: look from there.
+        while first > 0 and self._chunks[first - 1].end > cursor:
+            first -= 1
+        found: list[tuple[int, bytes]] = []
+        room = max_bytes
+        for index in range(first, len(self._chunks)):
+            if room <= 0:
+                break
+            chunk = self._chunks[index]
+            begin = cursor - chunk.offset
+            piece = bytes(chunk.data[begin : begin + room])
+            found.append((chunk.frame_type, piece))
+            cursor += len(piece)
+            room -= len(piece)
+        return skipped, found, cursor
+
+    def clear(self) -> None:
+        """Lets go of everything kept; it counts as dropped."""
+        self._chunks.clear()
+        self.start = self.end
+
+
+# Terminals ---------------------------------------------------------------------------------------
+
+
+class TerminalSupport:
+    """What the sandbox kernel's pseudo-terminals do by themselves, found out once, with the first
+    terminal: gVisor releases before 2023 neither turn Ctrl-C (and Ctrl-\\, Ctrl-Z) into signals nor
+    send SIGWINCH when the window size changes. Where the kernel does not, the supervisor does.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._probed = False
+        self.sends_key_signals = True
+        self.sends_resize_signal = True
+
+    def ensure_probed(self, reaper: Reaper) -> None:
+        with self._lock:
+            if not self._probed:
+                self.sends_key_signals, self.sends_resize_signal = probe_terminal(reaper)
+                self._probed = True
+
+
+def probe_terminal(reaper: Reaper) -> tuple[bool, bool]:
+    """(whether Ctrl-C on a terminal signals its foreground group, whether resizing it does), tried
+    on a throwaway terminal whose session is a forked child that reports the signals it gets.
+    """
+    fds: list[int] = []
+    try:
+        master, slave = open_terminal(80, 24)
+        fds += (master, slave)
+        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
+        fds.append(ready_read)
+        try:
+            pid, notice = reaper.start(lambda: fork_terminal_probe(slave, ready_write))
+        finally:
+            os.close(ready_write)  # the child's: once it is gone, a read sees the end
+        try:
+            status = await_terminal_probe(pid, notice, master, ready_read)
+        finally:
+            notice.close()
+    except OSError as err:
+        raise start_error(err) from None
+    finally:
+        close_fds(*fds)
+    seen = os.WEXITSTATUS(status) if os.WIFEXITED(status) and os.WEXITSTATUS(status) < 4 else 3
+    return bool(seen & 1), bool(seen & 2)
+
+
+def await_terminal_probe(pid: int, notice: ExitNotice, master: int, ready_fd: int) -> int:
+    """Presses Ctrl-C on the probe's terminal and resizes it, then returns the child's wait status."""
+    if os.read(ready_fd, 1):  # nothing: the child failed to set up, which reads as "the kernel does it all"
+        os.write(master, b"\x03")
+        set_window_size(master, 81, 24)
+        waiter = select.poll()
+        waiter.register(notice.fd, select.POLLIN)
+        if not waiter.poll(TERMINAL_PROBE_WAIT_S * 2000):
+            kill_process(pid)
+    return notice.wait()
+
+
+def fork_terminal_probe(slave: int, ready_fd: int) -> int:
+    """Forks the probe's child: it makes `slave` its controlling terminal, says it is ready, and
+    exits with bit 1 set if SIGINT came, bit 2 if SIGWINCH did, within TERMINAL_PROBE_WAIT_S.
+    """
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    seen = 4  # set up failed
+    try:
+        # Caught signals, not ignored ones (which a kernel may drop), and blocked, to be waited for.
+        for signum in (signal.SIGINT, signal.SIGWINCH):
+            signal.signal(signum, ignore_signal)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGWINCH})
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        seen = 0
+        os.write(ready_fd, b"\0")
+        deadline = time.monotonic() + TERMINAL_PROBE_WAIT_S
+        while seen != 3 and (remaining := deadline - time.monotonic()) > 0:
+            info = signal.sigtimedwait({signal.SIGINT, signal.SIGWINCH}, remaining)
+            if info is None:
+                break
+            seen |= 1 if info.si_signo == signal.SIGINT else 2
+    finally:
+        os._exit(seen)
+
+
+def ignore_signal(signum: int, frame: object) -> None:
+    pass
+
+
+def split_terminal_input(data: bytes, keys: dict[int, int]) -> list[bytes | int]:
+    """`data` cut at every byte of `keys` (a signal key such as Ctrl-C), which is replaced by its
+    signal number: [b"abc", 2, b"def"] for b"abc\\x03def" with {3: SIGINT}.
+    """
+    if not any(key in data for key in keys):
+        return [data]
+    pieces: list[bytes | int] = []
+    start = 0
+    for index, byte in enumerate(data):
+        if byte in keys:
+            if index > start:
+                pieces.append(data[start:index])
+            pieces.append(keys[byte])
+            start = index + 1
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces
+
+
+def signal_keys(fd: int) -> dict[int, int]:
+    """The terminal's signal keys, {byte: signal}, as its settings are now; none while ISIG is off
+    (a program in raw mode, such as an editor, reads Ctrl-C as a byte).
+    """
+    attributes = termios.tcgetattr(fd)
+    if not attributes[3] & termios.ISIG:
+        return {}
+    control = attributes[6]
+    keys = {}
+    for index, signum in (
+        (termios.VINTR, signal.SIGINT),
+        (termios.VQUIT, signal.SIGQUIT),
+        (termios.VSUSP, signal.SIGTSTP),
+    ):
+        key = control[index]
+        if isinstance(key, bytes) and key != b"\0":  # NUL: the key is disabled
+            keys[key[0]] = int(signum)
+    return keys
+
+
+def signal_terminal(fd: int, session: int, signum: int) -> None:
+    """Signals the foreground process group of the terminal `fd` (a master), whose session leader
+    is `session`, as its line discipline would.
+
+    A kernel that cannot tell the foreground group (gVisor before 2023 answers ENOTTY) gets a guess
+    from /proc: a resize goes to every group of the session; a key to its jobs other than the leader
+    (a shell waits for its foreground job; its background jobs, if any, get the signal too), or to
+    the leader's group when it has none.
+    """
+    try:
+        groups = {os.tcgetpgrp(fd)}
+    except OSError:
+        groups = session_process_groups(session)
+        if signum != signal.SIGWINCH and groups - {session}:
+            groups.discard(session)
+    for group in groups:
+        kill_process_group(group, signum)
+
+
+def session_process_groups(session: int) -> set[int]:
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                fields = stat_file.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        # After the name: state, ppid, pgrp, session.
+        if len(fields) > 3 and int(fields[3]) == session:
+            groups.add(int(fields[2]))
+    return groups
+
+
+# The process table -------------------------------------------------------------------------------
+
+
+class ProcessInput:
+    """The stdin of a background process (a pipe, or a duplicate of its terminal's master), written by
+    any number of connections (attached ones and the stdin op), one frame at a time, in order.
+
+    With `emulate_keys` (a terminal whose kernel does not turn signal keys into signals, see
+    TerminalSupport) a signal key is not written: its signal goes to the foreground process group,
+    as a line discipline would send it (without echoing it as ^C).
+
+    A writer blocked on a process that does not read holds the lock; so the output pump, which must
+    never block, only marks the process exited, and whoever holds the lock closes the fd.
+    """
+
+    def __init__(self, pid: int, fd: int, emulate_keys: bool = False) -> None:
+        self._pid = pid
+        self._fd = fd
+        self._emulate_keys = emulate_keys
+        self._lock = threading.Lock()
+        self._exited = False
+
+    def write(self, data: bytes, conn: socket.socket) -> None:
+        """Writes all of `data`, waiting while the process does not read; raises OpError
+        (failed_precondition) once the input is closed or the process has exited.
+        """
+        with self._lock:
+            try:
+                self._check_open()
+                keys = signal_keys(self._fd) if self._emulate_keys else {}
+                for piece in split_terminal_input(data, keys) if keys else [data]:
+                    if isinstance(piece, int):
+                        signal_terminal(self._fd, self._pid, piece)
+                    else:
+                        self._write_all(piece, conn)
+            finally:
+                if self._exited:
+                    self._close()
+
+    def _write_all(self, data: bytes, conn: socket.socket) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                self._wait_writable(conn)
+            except OSError:  # EPIPE, or EIO from a terminal nobody holds any more
+                self._close()
+                raise OpError("failed_precondition", f"process {self._pid} no longer reads its input") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def process_exited(self) -> None:
+        self._exited = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._close()
+            finally:
+                self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._exited:
+            raise OpError("failed_precondition", f"process {self._pid} has exited")
+        if self._fd < 0:
+            raise OpError("failed_precondition", f"the input of process {self._pid} is closed")
+
+    def _wait_writable(self, conn: socket.socket) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        poller.register(conn.fileno(), select.POLLRDHUP)
+        while True:
+            ready = poller.poll(INPUT_RECHECK_MS)
+            self._check_open()
+            if any(fd == conn.fileno() for fd, _ in ready) or (not ready and peer_closed(conn)):
+                raise ConnectionClosed
+            if ready:
+                return
+
+    def _close(self) -> None:
+        close_fds(self._fd)
+        self._fd = -1
+
+
+def peer_closed(conn: socket.socket) -> bool:
+    """Whether the peer has closed the connection, without consuming any of its frames."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class BackgroundProcess:
+    """A process that outlives its connection (exec with "background" or "pty"), as the process table
+    keeps it: its output buffer, its input, its state, and the connections attached to it.
+
+    The output pump owns the output fds and is the only writer of the buffer and the state; `lock`
+    guards them for the attached connections, which it wakes through their eventfds.
+    """
+
+    def __init__(self, child: Child, spec: ExecSpec, terminals: TerminalSupport) -> None:
+        self.pid = child.pid
+        self.child = child
+        self.spec = spec
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.status: int | None = None  # the wait status, once it has exited and its output is in
+        self.timed_out = False
+        self.deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+        self.drain_deadline: float | None = None  # set when it exits with its output still open
+        on_terminal = spec.terminal is not None
+        self.input = ProcessInput(child.pid, child.stdin_fd, on_terminal and not terminals.sends_key_signals)
+        self._signal_resize = on_terminal and not terminals.sends_resize_signal
+        self.output = OutputBuffer(spec.buffer_bytes)
+        self.lock = threading.Lock()
+        self._readers: set[int] = set()
+        outputs = {child.stdout_fd: protocol.STDOUT, child.stderr_fd: protocol.STDERR}
+        self.outputs = {fd: frame_type for fd, frame_type in outputs.items() if fd >= 0}
+        for fd in self.outputs:
+            os.set_blocking(fd, False)  # the pump drains them at exit without waiting for more
+        self._terminal_fd = child.stdout_fd if spec.terminal is not None else -1
+
+    @property
+    def exited(self) -> bool:
+        return self.status is not None
+
+    def info(self) -> dict[str, object]:
+        with self.lock:
+            report = exit_report(self.status, self.timed_out) if self.status is not None else None
+            return {
+                "pid": self.pid,
+                "args": self.spec.argv,
+                "cmd": self.spec.cmd,
+                "user": self.spec.account.name,
+                "cwd": self.spec.cwd,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "state": "running" if report is None else "exited",
+                "exit_code": None if report is None else report["exit_code"],
+                "signal": None if report is None else report["signal"],
+                "timed_out": self.timed_out,
+                "pty": self.spec.terminal is not None,
+                "dropped_bytes": self.output.start,
+            }
+
+    def exit_report(self) -> dict[str, object]:
+        with self.lock:
+            assert self.status is not None
+            return exit_report(self.status, self.timed_out)
+
+    # Attached connections
+
+    def attach(self, wake_fd: int, replay: bool) -> tuple[int, int]:
+        """Registers a connection's eventfd; returns (its cursor, the bytes dropped before it)."""
+        with self.lock:
+            self._readers.add(wake_fd)
+            if replay:
+                return self.output.start, self.output.start
+            return self.output.end, 0
+
+    def detach(self, wake_fd: int) -> None:
+        with self.lock:
+            self._readers.discard(wake_fd)
+
+    def read_output(self, cursor: int) -> tuple[int, list[tuple[int, bytes]], int, bool]:
+        """OutputBuffer.read, plus whether the process has exited with all of its output in."""
+        with self.lock:
+            return (*self.output.read(cursor), self.exited)
+
+    def time_out(self) -> None:
+        with self.lock:
+            self.deadline = None
+            self.timed_out = True
+            kill_process_group(self.pid)
+
+    def signal(self, signum: int) -> bool:
+        """Signals the process group; False once the process has exited (its pid may be reused)."""
+        with self.lock:
+            if self.exited:
+                return False
+            kill_process_group(self.pid, signum)
+            return True
+
+    def resize(self, cols: int, rows: int) -> None:
+        with self.lock:
+            if self._terminal_fd >= 0:
+                set_window_size(self._terminal_fd, cols, rows)
+                if self._signal_resize:
+                    signal_terminal(self._terminal_fd, self.pid, signal.SIGWINCH)
+
+    # The output pump's side
+
+    def append_output(self, frame_type: int, data: bytes) -> None:
+        with self.lock:
+            self.output.append(frame_type, data)
+            self._wake_readers()
+
+    def close_output(self, fd: int) -> None:
+        with self.lock:
+            del self.outputs[fd]
+            if fd == self._terminal_fd:
+                self._terminal_fd = -1
+            os.close(fd)
+
+    def finish(self) -> None:
+        """Records the exit (all output is in): readers send what is left, then EXIT."""
+        with self.lock:
+            self.status = self.child.notice.wait()
+            self.ended_at = time.time()
+            self.child.notice.close()
+            self._wake_readers()
+        self.input.process_exited()
+
+    def discard_output(self) -> None:
+        with self.lock:
+            self.output.clear()
+
+    def _wake_readers(self) -> None:
+        for fd in self._readers:
+            os.eventfd_write(fd, 1)
+
+
+class ProcessTable:
+    """The background processes: those running, and the last MAX_FINISHED_PROCESSES that exited."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, BackgroundProcess] = {}
+        self._finished: dict[int, BackgroundProcess] = {}  # oldest first
+
+    def add(self, process: BackgroundProcess) -> None:
+        with self._lock:
+            self._finished.pop(process.pid, None)  # an earlier process that had the same pid
+            self._running[process.pid] = process
+
+    def finished(self, process: BackgroundProcess) -> None:
+        with self._lock:
+            if self._running.get(process.pid) is process:
+                del self._running[process.pid]
+            self._finished[process.pid] = process
+            while len(self._finished) > MAX_FINISHED_PROCESSES:
+                del self._finished[next(iter(self._finished))]
+            kept = sum(finished.output.size for finished in self._finished.values())
+            for finished in self._finished.values():
+                if kept <= MAX_FINISHED_OUTPUT:
+                    break
+                kept -= finished.output.size
+                finished.discard_output()
+
+    def get(self, pid: int) -> BackgroundProcess:
+        with self._lock:
+            process = self._running.get(pid) or self._finished.get(pid)
+        if process is None:
+            raise OpError("not_found", f"no process {pid} in this sandbox (it may have finished long ago)")
+        return process
+
+    def all(self) -> list[BackgroundProcess]:
+        with self._lock:
+            processes = [*self._finished.values(), *self._running.values()]
+        return sorted(processes, key=lambda process: process.started_at)
+
+
+class OutputPump:
+    """One thread that reads the output of every background process into its buffer, notices its
+    exit and enforces its timeout: a background process never waits for a reader, and a hundred of
+    them cost one thread, not a hundred (threads count against the sandbox's process limit).
+    """
+
+    def __init__(self, table: ProcessTable) -> None:
+        self._table = table
+        self._lock = threading.Lock()
+        self._incoming: list[BackgroundProcess] = []
+        self._wake = -1
+        self._poll = select.poll()
+        self._owners: dict[int, BackgroundProcess] = {}  # output and exit-notice fds watched
+        self._processes: set[BackgroundProcess] = set()
+
+    def ensure_running(self) -> None:
+        """Starts the pump's thread with the first background process; raises OpError if the
+        sandbox has no thread left for it, before any process is started.
+        """
+        with self._lock:
+            if self._wake >= 0:
+                return
+            try:
+                wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            except OSError as err:
+                raise start_error(err) from None
+            try:
+                threading.Thread(target=self._run, args=(wake,), name="output-pump", daemon=True).start()
+            except RuntimeError:
+                os.close(wake)
+                raise OpError(
+                    "resource_exhausted", "cannot start a thread: the sandbox's process limit is reached"
+                ) from None
+            self._wake = wake
+
+    def add(self, process: BackgroundProcess) -> None:
+        with self._lock:
+            self._incoming.append(process)
+        os.eventfd_write(self._wake, 1)
+
+    def _run(self, wake: int) -> None:
+        self._poll.register(wake, select.POLLIN)
+        while True:
+            try:
+                self._step()
+            except Exception as err:  # the pump must outlive any surprise
+                log(f"output pump: {err!r}")
+                time.sleep(0.1)
+
+    def _step(self) -> None:
+        for fd, _ in self._poll.poll(self._poll_timeout_ms()):
+            if fd == self._wake:
+                self._on_wake()
+                continue
+            process = self._owners.get(fd)  # None if an earlier event in this batch closed it
+            if process is None:
+                continue
+            if fd == process.child.notice.fd:
+                self._on_exit(process)
+            else:
+                self._on_output(process, fd)
+        now = time.monotonic()
+        for process in list(self._processes):
+            if process.deadline is not None and now >= process.deadline:
+                process.time_out()
+            if process.drain_deadline is not None and now >= process.drain_deadline:
+                self._finish(process)
+
+    def _poll_timeout_ms(self) -> float | None:
+        deadlines = [
+            deadline
+            for process in self._processes
+            for deadline in (process.deadline, process.drain_deadline)
+            if deadline is not None
+        ]
+        return max(0.0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
+
+    def _watch(self, fd: int, process: BackgroundProcess) -> None:
+        self._poll.register(fd, select.POLLIN)
+        self._owners[fd] = process
+
+    def _unwatch(self, fd: int) -> None:
+        self._poll.unregister(fd)
+        del self._owners[fd]
+
+    def _on_wake(self) -> None:
+        os.eventfd_read(self._wake)
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for process in incoming:
+            self._processes.add(process)
+            for fd in process.outputs:
+                self._watch(fd, process)
+            self._watch(process.child.notice.fd, process)
+
+    def _on_output(self, process: BackgroundProcess, fd: int) -> None:
+        ended = self._read_output(process, fd) < 0
+        if ended and not process.outputs and process.drain_deadline is not None:
+            self._finish(process)  # it had exited already: that was the last of its output
+
+    def _read_output(self, process: BackgroundProcess, fd: int) -> int:
+        """Reads one chunk into the buffer and returns its size: 0 if nothing is there yet, -1 at
+        the end of the output, when the fd is closed.
+        """
+        try:
+            data = os.read(fd, protocol.CHUNK)
+        except BlockingIOError:
+            return 0
+        except OSError as err:
+            if err.errno != errno.EIO:  # EIO: every holder of the terminal's slave has closed it
+                log(f"reading the output of process {process.pid}: {err!r}")
+            data = b""
+        if data:
+            process.append_output(process.outputs[fd], data)
+            return len(data)
+        self._unwatch(fd)
+        process.close_output(fd)
+        return -1
+
+    def _on_exit(self, process: BackgroundProcess) -> None:
+        self._unwatch(process.child.notice.fd)
+        if process.outputs:
+            process.drain_deadline = time.monotonic() + EXIT_DRAIN_S
+        else:
+            self._finish(process)
+
+    def _finish(self, process: BackgroundProcess) -> None:
+        """Takes what is already in the outputs (a background grandchild that holds them must not
+        keep the process from being reported exited), closes them and records the exit.
+        """
+        for fd in list(process.outputs):
+            for _ in range(DRAIN_CHUNKS):
+                if self._read_output(process, fd) <= 0:
+                    break
+            if fd in process.outputs:
+                self._unwatch(fd)
+                process.close_output(fd)
+        process.drain_deadline = None
+        self._processes.discard(process)
+        process.finish()
+        self._table.finished(process)
+
+
+class Attachment:
+    """One connection attached to a background process (the exec that started it, or attach): sends
+    the output from its cursor on, then EXIT once the process has exited and everything it wrote was
+    sent; passes the connection's STDIN, STDIN_EOF, SIGNAL and RESIZE frames to the process.
+
+    The connection closing only ends the attachment: the process keeps running.
+    """
+
+    def __init__(self, conn: socket.socket, process: BackgroundProcess) -> None:
+        self._conn = conn
+        self._process = process
+
+    def run(self, replay: bool) -> None:
+        wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            cursor, dropped = self._process.attach(wake, replay)
+            try:
+                send_json(self._conn, protocol.STARTED, {"pid": self._process.pid, "dropped_bytes": dropped})
+                self._relay(wake, cursor)
+            finally:
+                self._process.detach(wake)
+        finally:
+            os.close(wake)
+
+    def _relay(self, wake: int, cursor: int) -> None:
+        poller = select.poll()
+        poller.register(self._conn.fileno(), select.POLLIN)
+        poller.register(wake, select.POLLIN)
+        while True:
+            skipped, chunks, cursor, exited = self._process.read_output(cursor)
+            if skipped:
+                send_json(self._conn, protocol.DROPPED, {"bytes": skipped})
+            for frame_type, data in chunks:
+                send_frame(self._conn, frame_type, data)
+            if exited and not chunks:
+                send_json(self._conn, protocol.EXIT, self._process.exit_report())
+                return
+            # With output sent, more may be waiting: look at the connection's frames, then go on.
+            for fd, _ in poller.poll(0 if chunks else None):
+                if fd == wake:
+                    os.eventfd_read(wake)
+                else:
+                    self._on_client_frame()
+
+    def _on_client_frame(self) -> None:
+        frame_type, payload = receive_frame(self._conn)
+        process = self._process
+        if frame_type == protocol.STDIN:
+            try:
+                process.input.write(payload, self._conn)
+            except OpError:
+                pass  # closed or exited: dropped, as for a foreground process started without stdin
+        elif frame_type == protocol.STDIN_EOF:
+            process.input.close()
+        elif frame_type == protocol.SIGNAL:
+            process.signal(parse_signal(payload))
+        elif frame_type == protocol.RESIZE:
+            process.resize(*parse_terminal_size(decode_object(payload, "RESIZE frame"), "RESIZE"))
+        else:
+            raise invalid(f"frame type {frame_type} is not allowed while attached to a process")
+
+
+# Watching files ----------------------------------------------------------------------------------
+
+IN_MODIFY = 0x2
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x1000000
+IN_DONT_FOLLOW = 0x2000000
+IN_ISDIR = 0x40000000
+WATCH_MASK = (
+    IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+)
+# struct inotify_event without its name: int wd; uint32_t mask, cookie, len.
+INOTIFY_EVENT = struct.Struct("iIII")
+# Enough for many events at once; the kernel needs room for at least one with a NAME_MAX name.
+INOTIFY_READ_SIZE = 64 * 1024
+# Reads of queued events between two flushes of EVENT frames, so that a flood still reaches the client.
+INOTIFY_READS_PER_BATCH = 16
+# A rename is IN_MOVED_FROM then IN_MOVED_TO with the same cookie, queued one right after the other;
+# a MOVED_FROM whose partner has not come within this time was a move out of the watched tree.
+MOVE_PAIR_WINDOW_S = 0.05
+
+
+def parse_inotify_events(data: bytes) -> list[tuple[int, int, int, str]]:
+    """Splits what a read of an inotify fd returned into (wd, mask, cookie, name) tuples; the
+    name, NUL-padded by the kernel, is "" for events about the watched directory itself.
+    """
+    events = []
+    offset = 0
+    while offset + INOTIFY_EVENT.size <= len(data):
+        wd, mask, cookie, length = INOTIFY_EVENT.unpack_from(data, offset)
+        offset += INOTIFY_EVENT.size
+        name = os.fsdecode(data[offset : offset + length].split(b"\0", 1)[0])
+        offset += length
+        events.append((wd, mask, cookie, name))
+    return events
+
+
+class LibcInotify:
+    """inotify_init1, inotify_add_watch and inotify_rm_watch from the C library: the standard
+    library has no binding for them. Loaded with the first watch, not at startup.
+    """
+
+    _functions: ctypes.CDLL | None = None
+
+    @classmethod
+    def functions(cls) -> ctypes.CDLL:
+        if cls._functions is None:
+            libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own C library
+            libc.inotify_init1.argtypes = [ctypes.c_int]
+            libc.inotify_init1.restype = ctypes.c_int
+            libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+            libc.inotify_add_watch.restype = ctypes.c_int
+            libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.inotify_rm_watch.restype = ctypes.c_int
+            cls._functions = libc
+        return cls._functions
+
+
+def last_os_error(path: str | None = None) -> OSError:
+    number = ctypes.get_errno()
+    return OSError(number, os.strerror(number), path)
+
+
+class Inotify:
+    """One inotify instance (non-blocking, close-on-exec)."""
+
+    def __init__(self) -> None:
+        self._libc = LibcInotify.functions()
+        fd = self._libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if fd < 0:
+            raise last_os_error()
+        self.fd: int = fd
+
+    def add_watch(self, path: str, mask: int) -> int:
+        wd: int = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            raise last_os_error(path)
+        return wd
+
+    def remove_watch(self, wd: int) -> None:
+        self._libc.inotify_rm_watch(self.fd, wd)  # fails only for a watch the kernel already dropped
+
+    def read(self) -> bytes | None:
+        """Queued events, or None when there are none."""
+        try:
+            return os.read(self.fd, INOTIFY_READ_SIZE)
+        except BlockingIOError:
+            return None
+
+    def close(self) -> None:
+        close_fds(self.fd)
+        self.fd = -1
+
+
+def watch_error(err: OSError, path: str) -> OpError:
+    if err.errno == errno.ENOSPC:  # inotify's way of saying max_user_watches is reached
+        return OpError(
+            "resource_exhausted", f"cannot watch {path!r}: the sandbox's limit on watched directories is reached"
+        )
+    return fs_error(err, f"watch {path!r}")
+
+
+class DirectoryWatch:
+    """A directory (and, if recursive, every directory below it, including ones created later) turned
+    into a stream of change events: {"type", "path", "is_dir"} plus "old_path" for a rename.
+
+    A directory that appears inside the tree gets its watch first and is then scanned once, so that
+    what was created in it before the watch existed is reported too; what the scan reported is kept
+    in `_scanned` until the queue has been read empty, so that the IN_CREATE events queued meanwhile
+    for the same entries are not reported twice.
+    """
+
+    def __init__(self, root: str, recursive: bool) -> None:
+        self.root = root
+        self.recursive = recursive
+        self._inotify = Inotify()
+        self._directories: dict[int, str] = {}  # watch descriptor -> directory
+        self._moves: dict[int, tuple[str, bool, float]] = {}  # cookie -> (path, is_dir, deadline)
+        self._scanned: set[str] = set()
+        self._events: list[dict[str, object]] = []
+        try:
+            self._root_wd = self._add_watch(root, must_exist=True)
+            if recursive:
+                self._watch_below(root, report=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._inotify.close()
+
+    def fileno(self) -> int:
+        return self._inotify.fd
+
+    def take_events(self) -> list[dict[str, object]]:
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        return min((deadline for _, _, deadline in self._moves.values()), default=None)
+
+    def read_events(self) -> None:
+        """Turns what is queued into events (at most INOTIFY_READS_PER_BATCH reads' worth)."""
+        for _ in range(INOTIFY_READS_PER_BATCH):
+            data = self._inotify.read()
+            if data is None:
+                self._scanned.clear()  # every event queued before the scans has been seen
+                return
+            for wd, mask, cookie, name in parse_inotify_events(data):
+                self.handle(wd, mask, cookie, name)
+
+    def expire_moves(self, now: float) -> None:
+        for cookie, (path, is_dir, deadline) in list(self._moves.items()):
+            if deadline <= now:
+                del self._moves[cookie]
+                self._emit("delete", path, is_dir)
+                self._forget_tree(path)
+
+    def handle(self, wd: int, mask: int, cookie: int, name: str) -> None:
+        if mask & IN_Q_OVERFLOW:
+            raise OpError(
+                "resource_exhausted",
+                f"too many changes under {self.root!r} at once: events were lost; watch again to go on",
+            )
+        directory = self._directories.get(wd)
+        if directory is None:
+            return  # from a watch already removed
+        if mask & IN_IGNORED:
+            del self._directories[wd]
+        if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+            if wd == self._root_wd:
+                raise OpError("not_found", f"the watched directory {self.root!r} was deleted or moved away")
+            if mask & IN_MOVE_SELF:
+                self._moved_away(directory)
+            return  # otherwise its parent's watch reports it
+        path = os.path.join(directory, name)
+        is_dir = bool(mask & IN_ISDIR)
+        if mask & IN_CREATE:
+            self._created(path, is_dir)
+        elif mask & IN_MODIFY:
+            self._emit("modify", path, is_dir)
+        elif mask & IN_DELETE:
+            self._scanned.discard(path)
+            self._emit("delete", path, is_dir)
+        elif mask & IN_MOVED_FROM:
+            self._moves[cookie] = (path, is_dir, time.monotonic() + MOVE_PAIR_WINDOW_S)
+        elif mask & IN_MOVED_TO:
+            source = self._moves.pop(cookie, None)
+            if source is None:
+                self._created(path, is_dir)  # moved in from outside the tree
+            else:
+                self._renamed(source[0], path, is_dir)
+
+    def _moved_away(self, directory: str) -> None:
+        """A watched directory moved. A rename queues MOVED_FROM, MOVED_TO, then MOVE_SELF: if its
+        MOVED_FROM still waits for a partner, it left the tree, and is reported gone now, before
+        anything that happens in it where it went could be reported as happening here.
+        """
+        for cookie, (path, is_dir, _) in list(self._moves.items()):
+            if path == directory:
+                del self._moves[cookie]
+                self._emit("delete", path, is_dir)
+                self._forget_tree(path)
+
+    def _emit(self, kind: str, path: str, is_dir: bool, old_path: str | None = None) -> None:
+        event: dict[str, object] = {"type": kind, "path": path, "is_dir": is_dir}
+        if old_path is not None:
+            event["old_path"] = old_path
+        # Modifications of one file queued back to back are one event: they all happened before it
+        # is sent, so a client that reacts to it sees the file as they left it.
+        if kind == "modify" and self._events and self._events[-1] == event:
+            return
+        self._events.append(event)
+
+    def _created(self, path: str, is_dir: bool) -> None:
+        if path in self._scanned:
+            self._scanned.discard(path)  # already reported by the scan of its new parent
+            return
+        self._emit("create", path, is_dir)
+        if is_dir and self.recursive:
+            self._add_watch(path)
+            self._watch_below(path, report=True)
+
+    def _renamed(self, old_path: str, path: str, is_dir: bool) -> None:
+        self._emit("rename", path, is_dir, old_path)
+        prefix = old_path + "/"
+        for wd, directory in self._directories.items():
+            if directory == old_path or directory.startswith(prefix):
+                self._directories[wd] = path + directory[len(old_path) :]
+
+    def _forget_tree(self, path: str) -> None:
+        """Stops watching `path` and what is below it: it left the tree, and a watch follows its
+        directory wherever it goes.
+        """
+        prefix = path + "/"
+        for wd, directory in list(self._directories.items()):
+            if directory == path or directory.startswith(prefix):
+                self._inotify.remove_watch(wd)
+                del self._directories[wd]
+
+    def _add_watch(self, directory: str, must_exist: bool = False) -> int:
+        mask = WATCH_MASK if must_exist else WATCH_MASK | IN_DONT_FOLLOW
+        try:
+            wd = self._inotify.add_watch(directory, mask)
+        except OSError as err:
+            if must_exist or err.errno == errno.ENOSPC:
+                raise watch_error(err, directory) from None
+            return -1  # gone again, or replaced by something else: its parent's events tell
+        self._directories[wd] = directory
+        return wd
+
+    def _watch_below(self, directory: str, report: bool) -> None:
+        """Watches the directories below `directory`; with `report`, reports everything found."""
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            return  # gone again: its parent's events tell
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if report:
+                self._scanned.add(entry.path)
+                self._emit("create", entry.path, is_dir)
+            if is_dir and self._add_watch(entry.path) >= 0:
+                self._watch_below(entry.path, report)
+
+
+def relay_watch(conn: socket.socket, watch: DirectoryWatch) -> None:
+    """Sends the watch's events until the client closes the connection."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    poller.register(watch.fileno(), select.POLLIN)
+    while True:
+        deadline = watch.next_deadline()
+        timeout_ms = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+        for fd, _ in poller.poll(timeout_ms):
+            if fd == conn.fileno():
+                frame_type, _ = receive_frame(conn)  # raises ConnectionClosed once the client is done
+                raise invalid(f"a watch takes no frames, got frame type {frame_type}")
+            watch.read_events()
+        watch.expire_moves(time.monotonic())
+        for event in watch.take_events():
+            send_json(conn, protocol.EVENT, event)
+
+
+# TCP relay ---------------------------------------------------------------------------------------
+
+# How long connecting to a port inside the sandbox may take; on loopback it is immediate or refused.
+TCP_CONNECT_TIMEOUT_S = 5.0
+
+
+def loopback_family(host: str) -> socket.AddressFamily:
+    """The address family of a loopback address (127.0.0.0/8, ::1 or "localhost"); anything else
+    is refused: the relay reaches into the sandbox, never through it.
+    """
+    if host == "localhost":
+        return socket.AF_INET
+    try:
+        if socket.inet_pton(socket.AF_INET, host)[0] == 127:
+            return socket.AF_INET
+    except OSError:
+        pass
+    try:
+        if socket.inet_pton(socket.AF_INET6, host) == bytes(15) + b"\1":
+            return socket.AF_INET6
+    except OSError:
+        pass
+    raise invalid(f'"host" must be a loopback address such as 127.0.0.1 or ::1, got {host!r}')
+
+
+def connect_inside(host: str, port: int) -> socket.socket:
+    family = loopback_family(host)
+    target = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        target.settimeout(TCP_CONNECT_TIMEOUT_S)
+        target.connect(("127.0.0.1" if host == "localhost" else host, port))
+        target.settimeout(None)
+        # A relay of interactive traffic (terminals over WebSocket, dev servers): no Nagle delay.
+        target.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as err:
+        target.close()
+        if isinstance(err, ConnectionRefusedError):
+            raise OpError("unavailable", f"nothing listens on port {port} in the sandbox") from None
+        if isinstance(err, TimeoutError):
+            raise OpError(
+                "unavailable", f"port {port} in the sandbox did not accept within {TCP_CONNECT_TIMEOUT_S:g} s"
+            ) from None
+        raise OpError(
+            "unavailable", f"cannot connect to port {port} in the sandbox: {describe_os_error(err)}"
+        ) from None
+    return target
+
+
+class TcpRelay:
+    """Bytes both ways between the node-agent's connection (DATA frames) and a TCP connection inside
+    the sandbox, until both directions have ended (END, or the port's end of file) or either fails.
+
+    This thread carries the upstream direction (frames to the port), a second one the downstream
+    (the port to frames), each with blocking I/O: a direction waits for its reader rather than
+    buffering, and neither can stall the other (a server that writes a whole response before it
+    reads on would deadlock against a single thread blocked writing the request).
+    """
+
+    def __init__(self, conn: socket.socket, target: socket.socket, port: int) -> None:
+        self._conn = conn
+        self._target = target
+        self._port = port
+        self._send_lock = threading.Lock()
+        self._failed = False
+
+    def run(self) -> None:
+        downstream_done = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            downstream = threading.Thread(target=self._downstream, args=(downstream_done,), daemon=True)
+            try:
+                downstream.start()
+            except RuntimeError:
+                raise OpError(
+                    "resource_exhausted", "cannot start a thread: the sandbox's process limit is reached"
+                ) from None
+            try:
+                self._upstream()
+                if not self._failed:
+                    self._await_downstream(downstream_done)
+            except OpError as err:
+                self._fail(err.code, err.message)
+            except (ConnectionClosed, OSError):
+                self._abort_target()
+                if not self._failed:
+                    raise  # the node-agent went away
+            finally:
+                downstream.join()
+        finally:
+            os.close(downstream_done)
+
+    def _upstream(self) -> None:
+        """Frames from the node-agent to the port: DATA is written, END half-closes."""
+        while True:
+            frame_type, payload = receive_frame(self._conn)
+            if frame_type == protocol.END:
+                shutdown(self._target, socket.SHUT_WR)
+                return
+            if frame_type != protocol.DATA:
+                raise invalid(f"a tcp relay carries DATA and END frames, got frame type {frame_type}")
+            try:
+                self._target.sendall(payload)
+            except OSError as err:
+                self._fail("unavailable", f"the connection to port {self._port} failed: {describe_os_error(err)}")
+                return
+
+    def _await_downstream(self, downstream_done: int) -> None:
+        """After END, waits for the port's side to end, noticing meanwhile if the node-agent goes."""
+        poller = select.poll()
+        poller.register(self._conn.fileno(), select.POLLIN)
+        poller.register(downstream_done, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == downstream_done:
+                    return
+                frame_type, _ = receive_frame(self._conn)  # raises ConnectionClosed once it is gone
+                raise invalid(f"nothing may follow END on a tcp relay, got frame type {frame_type}")
+
+    def _downstream(self, done: int) -> None:
+        """Bytes from the port to the node-agent, then END at the port's end of file."""
+        try:
+            while data := self._target.recv(protocol.CHUNK):
+                self._send(protocol.DATA, data)
+            self._send(protocol.END)
+        except ConnectionClosed:
+            self._abort_target()  # the node-agent went away; the upstream side notices too
+        except OSError as err:
+            self._fail("unavailable", f"the connection to port {self._port} failed: {describe_os_error(err)}")
+        finally:
+            os.eventfd_write(done, 1)
+
+    def _send(self, frame_type: int, payload: bytes = b"") -> None:
+        with self._send_lock:
+            if self._failed:
+                return
+            try:
+                send_frame(self._conn, frame_type, payload)
+            except OSError:
+                raise ConnectionClosed from None
+
+    def _fail(self, code: str, message: str) -> None:
+        """Ends the relay with ERROR, once; both directions stop at their next step."""
+        with self._send_lock:
+            if self._failed:
+                return
+            self._failed = True
+            send_error(self._conn, code, message)
+        self._abort_target()
+        shutdown(self._conn, socket.SHUT_RD)  # wakes the upstream side blocked reading frames
+
+    def _abort_target(self) -> None:
+        shutdown(self._target, socket.SHUT_RDWR)  # wakes the downstream side blocked reading
+
+
+def shutdown(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass  # not connected any more: already shut
+
+
 # Operations --------------------------------------------------------------------------------------
 
 
 class Supervisor:
-    """What every operation needs: the default user, the reaper, the processes exec calls run."""
+    """What every operation needs: the default user, the reaper, the processes exec calls run in the
+    foreground (`track`) and those in the background (`processes`, fed by `pump`).
+    """
 
     def __init__(self, default_user: str, reaper: Reaper) -> None:
         self.default_user = default_user
         self.reaper = reaper
+        self.processes = ProcessTable()
+        self.pump = OutputPump(self.processes)
+        self.terminals = TerminalSupport()
         self._running: set[int] = set()
         self._running_lock = threading.Lock()
+        self.listening = ListenerControl()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Condition()
+
+    def connection_opened(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def connection_closed(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+            self._connections_lock.notify_all()
+
+    def end_connections_but(self, keep: socket.socket, timeout_s: float) -> bool:
+        """Ends every other connection and waits until their threads have closed them; False if some
+        are still open after `timeout_s`. Their foreground processes go as if their callers had left.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._connections_lock:
+            for conn in self._connections - {keep}:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closing
+            while self._connections - {keep}:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._connections_lock.wait(remaining)
+        return True
 
     def track(self, pid: int, running: bool) -> None:
         with self._running_lock:
@@ -889,6 +2241,9 @@ def op_ping(conn: socket.socket, request: dict[str, object], sup: Supervisor) ->
 
 def op_exec(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
     spec = parse_exec_request(request, sup.default_user)
+    if spec.background:
+        exec_in_background(conn, spec, sup)
+        return
     child = start_process(spec, sup.reaper)
     sup.track(child.pid, running=True)
     try:
@@ -903,6 +2258,65 @@ def op_exec(conn: socket.socket, request: dict[str, object], sup: Supervisor) ->
         sup.track(child.pid, running=False)
         child.close()
     send_json(conn, protocol.EXIT, report)
+
+
+def exec_in_background(conn: socket.socket, spec: ExecSpec, sup: Supervisor) -> None:
+    """Starts a process that outlives this connection, which then follows it like an attach."""
+    sup.pump.ensure_running()
+    if spec.terminal is not None:
+        sup.terminals.ensure_probed(sup.reaper)
+    child = start_process(spec, sup.reaper)
+    process = BackgroundProcess(child, spec, sup.terminals)
+    sup.processes.add(process)
+    sup.pump.add(process)
+    Attachment(conn, process).run(replay=True)
+
+
+def op_attach(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    pid = int_arg(request, "pid", 0, minimum=1)
+    replay = bool_arg(request, "replay", default=True)
+    Attachment(conn, sup.processes.get(pid)).run(replay)
+
+
+def op_processes(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    send_json(conn, protocol.RESULT, {"processes": [process.info() for process in sup.processes.all()]})
+
+
+def op_signal(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    """Signals the process group of a process an exec started, in the foreground or background."""
+    pid = int_arg(request, "pid", 0, minimum=1)
+    signum = signal_number(request.get("signal"))
+    if sup.is_running(pid):
+        kill_process_group(pid, signum)
+    elif not sup.processes.get(pid).signal(signum):
+        raise OpError("failed_precondition", f"process {pid} has exited")
+    send_json(conn, protocol.RESULT, {})
+
+
+def feed_input(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    pid = int_arg(request, "pid", 0, minimum=1)
+    eof = bool_arg(request, "eof")
+    process = sup.processes.get(pid)
+    while True:
+        frame_type, payload = receive_frame(conn)
+        if frame_type == protocol.END:
+            break
+        if frame_type != protocol.DATA:
+            raise invalid(f"stdin carries DATA and END frames, got frame type {frame_type}")
+        process.input.write(payload, conn)
+    if eof:
+        process.input.close()
+
+
+def op_stdin(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    """Writes to a background process's stdin without attaching to it."""
+    try:
+        feed_input(conn, request, sup)
+    except OpError as err:
+        send_error(conn, err.code, err.message)
+        skip_upload(conn)
+        return
+    send_json(conn, protocol.RESULT, {})
 
 
 def op_abandon(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
@@ -936,9 +2350,16 @@ def open_for_reading(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def sha256() -> Any:
+    import hashlib
+
+    return hashlib.sha256()
+
+
 def op_read(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
     path = sup.path(request)
     fd, st = open_for_reading(path)
+    digest = sha256()
     try:
         send_json(conn, protocol.RESULT, file_info(path, st, OwnerNames()))
         while True:
@@ -948,10 +2369,11 @@ def op_read(conn: socket.socket, request: dict[str, object], sup: Supervisor) ->
                 raise fs_error(err, f"read {path!r}") from None
             if not chunk:
                 break
+            digest.update(chunk)
             send_frame(conn, protocol.DATA, chunk)
     finally:
         os.close(fd)
-    send_frame(conn, protocol.END)
+    send_json(conn, protocol.END, {"sha256": digest.hexdigest()})
 
 
 class Upload:
@@ -971,6 +2393,7 @@ class Upload:
         self._temp_path = os.path.join(directory, temp_name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self._temp_path, flags, TEMP_FILE_MODE)
+        self.digest = sha256()
 
     def _existing_mode(self) -> int:
         try:
@@ -982,6 +2405,7 @@ class Upload:
         return stat.S_IMODE(st.st_mode)
 
     def write(self, data: bytes) -> None:
+        self.digest.update(data)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
@@ -1036,7 +2460,7 @@ def receive_upload(conn: socket.socket, request: dict[str, object], sup: Supervi
     except BaseException:
         upload.discard()
         raise
-    return lstat_info(path, OwnerNames())
+    return {**lstat_info(path, OwnerNames()), "sha256": upload.digest.hexdigest()}
 
 
 def skip_upload(conn: socket.socket) -> None:
@@ -1165,9 +2589,53 @@ def op_mkdir(conn: socket.socket, request: dict[str, object], sup: Supervisor) -
     send_json(conn, protocol.RESULT, {"info": info, "created": created})
 
 
+def op_watch(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    path = sup.path(request)
+    recursive = bool_arg(request, "recursive")
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            raise invalid(f"cannot watch {path!r}: it is not a directory")
+        watch = DirectoryWatch(path, recursive)
+    except OSError as err:
+        raise watch_error(err, path) from None
+    try:
+        send_json(conn, protocol.RESULT, {})
+        relay_watch(conn, watch)
+    finally:
+        watch.close()
+
+
+def op_tcp(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    port = int_arg(request, "port", 0, minimum=1)
+    if port > 65535:
+        raise invalid(f'"port" must be from 1 to 65535, got {port}')
+    target = connect_inside(string_arg(request, "host", "127.0.0.1"), port)
+    with target:
+        send_json(conn, protocol.RESULT, {})
+        TcpRelay(conn, target, port).run()
+
+
+def op_quiesce(conn: socket.socket, request: dict[str, object], sup: Supervisor) -> None:
+    """Lets go of every socket the host can see, so that gVisor can checkpoint the sandbox: it cannot
+    save a socket bound on the host. The listener closes, other connections end; background processes
+    and terminals keep running. The answer is followed by this connection's own close, so once the
+    caller reads end-of-file nothing host-bound is left open. RELISTEN_SIGNAL brings the listener back.
+    """
+    sup.listening.close_listener()
+    if not sup.end_connections_but(conn, QUIESCE_DRAIN_S):
+        sup.listening.reopen()
+        raise OpError("unavailable", "connections to the sandbox did not close in time; try again")
+    send_json(conn, protocol.RESULT, {})
+    raise QuiescedConnection
+
+
 OPERATIONS: dict[str, Callable[[socket.socket, dict[str, object], Supervisor], None]] = {
     "ping": op_ping,
     "exec": op_exec,
+    "attach": op_attach,
+    "processes": op_processes,
+    "signal": op_signal,
+    "stdin": op_stdin,
     "abandon": op_abandon,
     "read": op_read,
     "write": op_write,
@@ -1176,30 +2644,47 @@ OPERATIONS: dict[str, Callable[[socket.socket, dict[str, object], Supervisor], N
     "remove": op_remove,
     "rename": op_rename,
     "mkdir": op_mkdir,
+    "watch": op_watch,
+    "tcp": op_tcp,
+    "quiesce": op_quiesce,
 }
+
+
+class QuiescedConnection(Exception):
+    """The quiesce operation answered: its connection closes at once, without lingering."""
 
 
 def serve_connection(conn: socket.socket, sup: Supervisor) -> None:
     """Serves the one operation a connection carries; nothing that happens here ends the supervisor."""
-    with conn:
-        op = "request"
-        try:
-            request = receive_request(conn)
-            op = str(request["op"])
-            operation = OPERATIONS.get(op)
-            if operation is None:
-                raise invalid(f"unknown op {op!r}")
-            operation(conn, request, sup)
-        except OpError as err:
-            send_error(conn, err.code, err.message)
-        except protocol.ProtocolError as err:
-            send_error(conn, "invalid_argument", f"malformed frame: {err}")
-        except (ConnectionClosed, ConnectionError):
-            pass  # the node-agent went away; there is nobody left to answer
-        except Exception as err:
-            log(f"{op} failed: {err!r}")
-            send_error(conn, "internal", f"{op} failed unexpectedly: {err}")
-        linger(conn)
+    sup.connection_opened(conn)
+    try:
+        with conn:
+            op = "request"
+            try:
+                request = receive_request(conn)
+                op = str(request["op"])
+                operation = OPERATIONS.get(op)
+                if operation is None:
+                    raise invalid(f"unknown op {op!r}")
+                operation(conn, request, sup)
+            except QuiescedConnection:
+                return
+            except OpError as err:
+                send_error(conn, err.code, err.message)
+            except protocol.ProtocolError as err:
+                send_error(conn, "invalid_argument", f"malformed frame: {err}")
+            except (ConnectionClosed, ConnectionError):
+                pass  # the node-agent went away; there is nobody left to answer
+            except OSError as err:
+                if err.errno not in (errno.EPIPE, errno.ENOTCONN, errno.EBADF):
+                    raise
+                return  # ended by quiesce
+            except Exception as err:
+                log(f"{op} failed: {err!r}")
+                send_error(conn, "internal", f"{op} failed unexpectedly: {err}")
+            linger(conn)
+    finally:
+        sup.connection_closed(conn)
 
 
 def linger(conn: socket.socket) -> None:
@@ -1233,6 +2718,66 @@ def occupy_standard_fds() -> None:
                 os.pipe()
 
 
+class ListenerControl:
+    """Lets an operation thread close the listener the main thread accepts on, and the host's
+    RELISTEN_SIGNAL open it again. Both wake the main thread through a pipe it polls beside the listener.
+    """
+
+    def __init__(self) -> None:
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closed = threading.Event()
+        self._want_open = threading.Event()
+        self._want_open.set()
+
+    @property
+    def wake_fd(self) -> int:
+        return self._wake_read
+
+    def close_listener(self) -> None:
+        """Returns once the main thread has closed the listener."""
+        self._want_open.clear()
+        self._closed.clear()
+        self._poke()
+        self._closed.wait()
+
+    def reopen(self) -> None:
+        """Asks for the listener back; safe from a signal handler."""
+        self._want_open.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_write, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    @property
+    def want_open(self) -> bool:
+        return self._want_open.is_set()
+
+    def wait_for_reopen(self) -> None:
+        """Blocks (polling the wake pipe) until reopen() or QUIESCE_MAX_S, whichever comes first."""
+        self._closed.set()
+        deadline = time.monotonic() + QUIESCE_MAX_S
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        while not self._want_open.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log("no word from the host since quiesce; listening again")
+                self._want_open.set()
+                break
+            poller.poll(remaining * 1000)
+            self.drain()
+
+
 def listen(path: str) -> socket.socket:
     try:
         os.unlink(path)  # left over from an earlier run
@@ -1248,15 +2793,45 @@ def listen(path: str) -> socket.socket:
     return listener
 
 
-def accept_forever(listener: socket.socket, sup: Supervisor) -> None:
+def serve_forever(path: str, sup: Supervisor) -> None:
+    """Accepts connections, one thread each; between quiesce and the host's word, listens not at all."""
+    control = sup.listening
     while True:
+        listener = listen(path)
+        try:
+            accept_until_quiesced(listener, sup)
+        finally:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        control.wait_for_reopen()
+
+
+def accept_until_quiesced(listener: socket.socket, sup: Supervisor) -> None:
+    control = sup.listening
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    poller.register(control.wake_fd, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if control.wake_fd in ready:
+            control.drain()
+            if not control.want_open:
+                return
+        if listener.fileno() not in ready:
+            continue
         try:
             conn, _ = listener.accept()
+        except BlockingIOError:
+            continue
         except OSError as err:
             if err.errno not in TRANSIENT_ACCEPT_ERRORS:
                 raise
             time.sleep(0.01)
             continue
+        conn.setblocking(True)
         try:
             threading.Thread(target=serve_connection, args=(conn, sup), daemon=True).start()
         except RuntimeError:  # no thread to be had right now: this caller has to retry
@@ -1277,7 +2852,8 @@ def main() -> None:
     reaper = Reaper()
     threading.Thread(target=reaper.run, name="reaper", daemon=True).start()
     sup = Supervisor(os.environ.get("HUTCH_DEFAULT_USER") or "root", reaper)
-    accept_forever(listen(socket_path), sup)
+    signal.signal(RELISTEN_SIGNAL, lambda _signum, _frame: sup.listening.reopen())
+    serve_forever(socket_path, sup)
 
 
 if __name__ == "__main__":

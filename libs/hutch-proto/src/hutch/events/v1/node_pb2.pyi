@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from hutch.events.v1 import sandbox_pb2 as _sandbox_pb2
+from hutch.v1 import network_pb2 as _network_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,24 +30,28 @@ class NodeCommand(_message.Message):
     CREATE_FIELD_NUMBER: _builtins.int
     KILL_FIELD_NUMBER: _builtins.int
     SET_DEADLINE_FIELD_NUMBER: _builtins.int
+    UPDATE_NETWORK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def create(self) -> Global___CreateSandbox: ...
     @_builtins.property
     def kill(self) -> Global___KillSandbox: ...
     @_builtins.property
     def set_deadline(self) -> Global___SetSandboxDeadline: ...
+    @_builtins.property
+    def update_network(self) -> Global___UpdateSandboxNetwork: ...
     def __init__(
         self,
         *,
         create: Global___CreateSandbox | None = ...,
         kill: Global___KillSandbox | None = ...,
         set_deadline: Global___SetSandboxDeadline | None = ...,
+        update_network: Global___UpdateSandboxNetwork | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill", "set_deadline", b"set_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill", "set_deadline", b"set_deadline", "update_network", b"update_network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill", "set_deadline", b"set_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "create", b"create", "kill", b"kill", "set_deadline", b"set_deadline", "update_network", b"update_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["create", "kill", "set_deadline"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["create", "kill", "set_deadline", "update_network"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -76,6 +81,31 @@ class SetSandboxDeadline(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetSandboxDeadline: _TypeAlias = SetSandboxDeadline  # noqa: Y015
+
+@_typing.final
+class UpdateSandboxNetwork(_message.Message):
+    """Replaces a running sandbox's network policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    @_builtins.property
+    def network(self) -> _network_pb2.NetworkPolicy: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        network: _network_pb2.NetworkPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSandboxNetwork: _TypeAlias = UpdateSandboxNetwork  # noqa: Y015
 
 @_typing.final
 class CreateSandbox(_message.Message):

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from hutch.v1 import network_pb2 as _network_pb2
 from hutch.v1 import sandbox_pb2 as _sandbox_pb2
 import builtins as _builtins
 import sys
@@ -80,6 +81,9 @@ class SandboxSpec(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    PREFER_NODE_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
@@ -88,12 +92,23 @@ class SandboxSpec(_message.Message):
     region: _builtins.str
     isolation: _builtins.str
     """The isolation class chosen at create: "container" or "gvisor"."""
+    snapshot_id: _builtins.str
+    """Start from this snapshot (create from a snapshot, a fork's child, a resume) instead of the
+    template's empty layer. It also names the incarnation: a resumed sandbox's events carry it in
+    their ids, so they are not taken for repeats of the first start's.
+    """
+    prefer_node: _builtins.str
+    """Placement hint: the node that holds the snapshot (a fork's parent, where it was paused)."""
     @_builtins.property
     def resources(self) -> _sandbox_pb2.Resources: ...
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def network(self) -> _network_pb2.NetworkPolicy:
+        """What it may reach; the node hands it to its egress-proxy."""
+
     def __init__(
         self,
         *,
@@ -107,10 +122,13 @@ class SandboxSpec(_message.Message):
         timeout_seconds: _builtins.int = ...,
         region: _builtins.str = ...,
         isolation: _builtins.str = ...,
+        snapshot_id: _builtins.str = ...,
+        prefer_node: _builtins.str = ...,
+        network: _network_pb2.NetworkPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +270,39 @@ class SandboxStopped(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SandboxStopped: _TypeAlias = SandboxStopped  # noqa: Y015
+
+@_typing.final
+class SandboxPaused(_message.Message):
+    """hutch.<region>.sandbox.paused: its state is in a snapshot and its node has released it (its
+    resources are free); a later sandbox.requested with that snapshot resumes it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    node_id: _builtins.str
+    snapshot_id: _builtins.str
+    @_builtins.property
+    def paused_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        snapshot_id: _builtins.str = ...,
+        paused_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paused_at", b"paused_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "paused_at", b"paused_at", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxPaused: _TypeAlias = SandboxPaused  # noqa: Y015
 
 @_typing.final
 class SandboxKillRequested(_message.Message):

@@ -124,6 +124,16 @@ class NodeAgentStub:
                 request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateRequest.SerializeToString,
                 response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/Snapshot',
+                request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.SnapshotSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.SnapshotSandboxResponse.FromString,
+                _registered_method=True)
+        self.DropSnapshot = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/DropSnapshot',
+                request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -238,6 +248,20 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Snapshots a running sandbox: its filesystem, and under gVisor its memory and processes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropSnapshot(self, request, context):
+        """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +349,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.RemoveTemplate,
                     request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateRequest.FromString,
                     response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.SnapshotSandboxRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.SnapshotSandboxResponse.SerializeToString,
+            ),
+            'DropSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropSnapshot,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -788,6 +822,60 @@ class NodeAgent:
             '/hutch.internal.v1.NodeAgent/RemoveTemplate',
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateRequest.SerializeToString,
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.RemoveTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/Snapshot',
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.SnapshotSandboxRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.SnapshotSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/DropSnapshot',
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,10 @@ class NodeAgentStub:
     """
     RemoveTemplate: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.RemoveTemplateRequest, _node_agent_pb2.RemoveTemplateResponse]
     """Refused while a sandbox on this node uses the template."""
+    Snapshot: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.SnapshotSandboxRequest, _node_agent_pb2.SnapshotSandboxResponse]
+    """Snapshots a running sandbox: its filesystem, and under gVisor its memory and processes."""
+    DropSnapshot: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.DropSnapshotRequest, _node_agent_pb2.DropSnapshotResponse]
+    """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause)."""
 
 @_typing.type_check_only
 class NodeAgentAsyncStub(NodeAgentStub):
@@ -92,6 +96,10 @@ class NodeAgentAsyncStub(NodeAgentStub):
     """
     RemoveTemplate: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.RemoveTemplateRequest, _node_agent_pb2.RemoveTemplateResponse]  # type: ignore[assignment]
     """Refused while a sandbox on this node uses the template."""
+    Snapshot: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.SnapshotSandboxRequest, _node_agent_pb2.SnapshotSandboxResponse]  # type: ignore[assignment]
+    """Snapshots a running sandbox: its filesystem, and under gVisor its memory and processes."""
+    DropSnapshot: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.DropSnapshotRequest, _node_agent_pb2.DropSnapshotResponse]  # type: ignore[assignment]
+    """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause)."""
 
 class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
     """The node-agent's data plane. Only the gateway calls it: every call carries the installation's
@@ -222,5 +230,21 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.RemoveTemplateResponse, _abc.Awaitable[_node_agent_pb2.RemoveTemplateResponse]]:
         """Refused while a sandbox on this node uses the template."""
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _node_agent_pb2.SnapshotSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_agent_pb2.SnapshotSandboxResponse, _abc.Awaitable[_node_agent_pb2.SnapshotSandboxResponse]]:
+        """Snapshots a running sandbox: its filesystem, and under gVisor its memory and processes."""
+
+    @_abc_1.abstractmethod
+    def DropSnapshot(
+        self,
+        request: _node_agent_pb2.DropSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_agent_pb2.DropSnapshotResponse, _abc.Awaitable[_node_agent_pb2.DropSnapshotResponse]]:
+        """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause)."""
 
 def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,7 +27,7 @@ import pytest
 from figures import report, summary
 
 from hutch.testing.node import node_options, running_node
-from hutch.testing.snapshot_store import TOKEN, Store, served, store_settings
+from hutch.testing.snapshot_store import TOKEN, ServiceProcess, store_settings
 from hutch_node_agent.domain import SandboxRequest
 from hutch_node_agent.node import Node
 from hutch_node_agent.snapshot_store_link import StoreLink
@@ -52,16 +52,23 @@ for i in range(total // 2 // (1 << 20)):
 for i in range(total // 4 // (16 << 10)):
     with open(f'/root/ws/small/{i}.bin', 'wb') as f: f.write(os.urandom(16 << 10))
 """
-# Overwrites `percent` of the workspace in place, spread over its files.
+# Changes `percent` of the workspace's bytes, spread over its files: "rewrite" replaces whole files
+# (what editors, compilers and package managers do), "patch" overwrites 64 KiB pieces in place
+# (databases, images): the worst case for chunk-level deduplication.
 CHANGE = """
 import os, sys, random
-percent = float(sys.argv[1]); rng = random.Random(3)
+percent, mode, seed = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]); rng = random.Random(seed)
 files = sorted(os.path.join(d, f) for d, _, fs in os.walk('/root/ws') for f in fs)
 total = sum(os.path.getsize(f) for f in files); todo = int(total * percent / 100)
 while todo > 0:
-    path = rng.choice(files); size = os.path.getsize(path); n = min(todo, 64 << 10, size)
-    with open(path, 'r+b') as f: f.seek(rng.randrange(0, size - n + 1)); f.write(os.urandom(n))
-    todo -= n
+    path = rng.choice(files); size = os.path.getsize(path)
+    if mode == 'rewrite':
+        with open(path, 'wb') as f: f.write(os.urandom(size))
+        todo -= size
+    else:
+        n = min(todo, 64 << 10, size)
+        with open(path, 'r+b') as f: f.seek(rng.randrange(0, size - n + 1)); f.write(os.urandom(n))
+        todo -= n
 """
 HOLD_MEMORY = "import os, time\nblock = bytearray(os.urandom(256 << 20))\nwhile True: time.sleep(1)\n"
 
@@ -74,15 +81,21 @@ def templates() -> Path:
 
 
 @pytest.fixture
-async def store(postgres_dsn: str, s3_server: Any, s3_bucket: str, tmp_path: Path) -> AsyncIterator[Store]:
+async def store(postgres_dsn: str, s3_server: Any, s3_bucket: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The snapshot-store as its own process (as deployed), not sharing this process's interpreter."""
     settings = store_settings(postgres_dsn, s3_server, s3_bucket, tmp_path / "regional", cache_bytes=4 << 30)
-    async with served(settings) as running:
-        yield running
+    process = ServiceProcess(settings, tmp_path / "snapshot-store.log")
+    client = await process.start()
+    await client.close()
+    try:
+        yield process.address
+    finally:
+        process.kill()
 
 
 @pytest.fixture
-async def nodes(store: Store, templates: Path, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    links = [await StoreLink.open(store.address, TOKEN, tmp_path / f"chunks-{n}", 4 << 30) for n in "ab"]
+async def nodes(store: str, templates: Path, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    links = [await StoreLink.open(store, TOKEN, tmp_path / f"chunks-{n}", 4 << 30) for n in "ab"]
     options = {"templates_dir": templates, "disk_quota_mb": 4096, "volume_size_gb": 24}
     try:
         async with (
@@ -172,17 +185,56 @@ async def workspace_round(a: Node, b: Node, size_mib: int, lines: list[str]) -> 
     return parent, snapshot_s, cold_s
 
 
-async def incremental_and_forks(a: Node, parent: str, lines: list[str]) -> None:
-    await run(a, parent, ["python3", "-c", CHANGE, "1"])
-    start = time.perf_counter()
-    record = await a.snapshots.take(parent)
-    took = time.perf_counter() - start
-    share = record.uploaded_bytes / record.logical_bytes * 100
-    lines.append(
-        f" 1024 MiB incremental after 1% changed    {took:7.2f} s  uploaded {record.uploaded_bytes / MiB:.1f} MiB "
-        f"= {share:.2f}% of the workspace"
-    )
+class Restic:
+    """restic with a repository of its own on the same S3 server: the baseline."""
 
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+        self._bucket = f"restic-{uuid.uuid4().hex[:8]}"
+        self._env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            "RESTIC_PASSWORD": "bench",
+            "RESTIC_REPOSITORY": f"s3:http://{s3.endpoint}/{self._bucket}",
+            "RESTIC_CACHE_DIR": tempfile.mkdtemp(prefix="restic-cache-"),
+        }
+
+    async def run(self, *args: str, cwd: Path | None = None) -> float:
+        def call() -> float:
+            start = time.perf_counter()
+            done = subprocess.run(["restic", *args], cwd=cwd, env=self._env, capture_output=True, text=True)
+            assert done.returncode == 0, f"restic {args[0]} failed: {done.stderr.strip()}"
+            return time.perf_counter() - start
+
+        return await asyncio.to_thread(call)
+
+    def stored_bytes(self) -> int:
+        objects = self._s3.client().list_objects(self._bucket, recursive=True)
+        return sum(o.size or 0 for o in objects)
+
+
+async def incremental(a: Node, parent: str, restic: Restic | None, lines: list[str]) -> None:
+    """1% changed, both ways, each followed by a snapshot (and a restic backup of the same tree)."""
+    for seed, mode in enumerate(("rewrite", "patch")):
+        await run(a, parent, ["python3", "-c", CHANGE, "1", mode, str(seed)])
+        start = time.perf_counter()
+        record = await a.snapshots.take(parent)
+        took = time.perf_counter() - start
+        share = record.uploaded_bytes / record.logical_bytes * 100
+        baseline = ""
+        if restic is not None:
+            before = restic.stored_bytes()
+            await restic.run("backup", "--quiet", ".", cwd=a.layout.frozen_layers / record.id / "upper")
+            added = restic.stored_bytes() - before
+            baseline = f"  (restic: {added / MiB:.1f} MiB = {added / record.logical_bytes * 100:.2f}%)"
+        lines.append(
+            f" 1024 MiB incremental, 1% {mode:<8}       {took:7.2f} s  uploaded {record.uploaded_bytes / MiB:6.1f} MiB "
+            f"= {share:5.2f}%{baseline}"
+        )
+
+
+async def forks(a: Node, parent: str, lines: list[str]) -> None:
     start = time.perf_counter()
     fork = await a.snapshots.take(parent, purpose="fork", wait=False)
     captured = time.perf_counter() - start
@@ -201,30 +253,15 @@ async def incremental_and_forks(a: Node, parent: str, lines: list[str]) -> None:
         await a.manager.kill(child, "killed")
 
 
-async def restic_baseline(upper: Path, s3: Any, snapshot_s: float, cold_s: float, lines: list[str]) -> None:
-    """restic backing up and restoring the same tree to the same S3 server, first time for both."""
-    if shutil.which("restic") is None:
-        lines.append("restic: not installed (make deps), no baseline")
-        return
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "RESTIC_PASSWORD": "bench",
-        "RESTIC_REPOSITORY": f"s3:http://{s3.endpoint}/restic-{uuid.uuid4().hex[:8]}",
-        "RESTIC_CACHE_DIR": tempfile.mkdtemp(prefix="restic-cache-"),
-    }
-
-    def restic(*args: str, cwd: Path | None = None) -> float:
-        start = time.perf_counter()
-        done = subprocess.run(["restic", *args], cwd=cwd, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, f"restic {args[0]} failed: {done.stderr.strip()}"
-        return time.perf_counter() - start
-
-    await asyncio.to_thread(restic, "init")
-    backup_s = await asyncio.to_thread(restic, "backup", "--quiet", ".", cwd=upper)
+async def restic_first(
+    a: Node, parent: str, restic: Restic, snapshot_s: float, cold_s: float, lines: list[str]
+) -> None:
+    """restic backing up and restoring the same tree as the first 1 GiB snapshot, first time for both."""
+    record = await a.snapshots.take(parent)
+    await restic.run("init")
+    backup_s = await restic.run("backup", "--quiet", ".", cwd=a.layout.frozen_layers / record.id / "upper")
     target = Path(tempfile.mkdtemp(prefix="restic-restore-"))
-    restore_s = await asyncio.to_thread(restic, "restore", "latest", "--target", str(target))
+    restore_s = await restic.run("restore", "latest", "--target", str(target))
     shutil.rmtree(target, ignore_errors=True)
     lines.append(f"restic backup of the same 1 GiB          {backup_s:7.2f} s")
     lines.append(f"restic restore of the same 1 GiB         {restore_s:7.2f} s")
@@ -270,9 +307,13 @@ async def test_snapshot_figures(nodes: tuple[Node, Node], s3_server: Any) -> Non
     small, _, _ = await workspace_round(a, b, 100, lines)
     await a.manager.kill(small, "killed")
     parent, snapshot_s, cold_s = await workspace_round(a, b, 1024, lines)
-    await incremental_and_forks(a, parent, lines)
-    frozen = await a.snapshots.take(parent)
-    await restic_baseline(a.layout.frozen_layers / frozen.id / "upper", s3_server, snapshot_s, cold_s, lines)
+    restic = Restic(s3_server) if shutil.which("restic") else None
+    if restic is None:
+        lines.append("restic: not installed (make deps), no baseline")
+    else:
+        await restic_first(a, parent, restic, snapshot_s, cold_s, lines)
+    await incremental(a, parent, restic, lines)
+    await forks(a, parent, lines)
     await a.manager.kill(parent, "killed")
     await pause_resume(a, b, lines)
-    report("Snapshots on real nodes and the snapshot-store", lines)
+    report("Snapshots on real nodes and the snapshot-store (a separate process)", lines)

@@ -16,7 +16,7 @@ from typing import Any
 import nats
 import pytest
 
-from hutch import NotFoundError, Sandbox, SandboxError, SandboxState, Snapshot
+from hutch import InvalidArgumentError, NotFoundError, Sandbox, SandboxError, SandboxState, Snapshot
 from hutch.core.bus import nodes_bucket
 from hutch.events.v1 import node_pb2
 from hutch.testing import eventually_sync
@@ -102,6 +102,14 @@ def test_a_sandbox_made_from_a_snapshot_has_the_files_byte_for_byte(
 
     source.files.write("/root/data/blob.bin", b"changed after the snapshot")
     source.files.remove("/root/data/notes.txt")
+    if isolation == "gvisor":  # its processes cannot run outside gVisor
+        with pytest.raises(SandboxError, match="only start under isolation 'gvisor'"):
+            Sandbox.create(snapshot=name, isolation="container", **connection)
+    else:
+        with pytest.raises(InvalidArgumentError, match="leave isolation empty"):
+            Sandbox.create(snapshot=name, isolation="gvisor", **connection)
+    with pytest.raises(InvalidArgumentError, match="leave template empty"):
+        Sandbox.create(snapshot=name, template="other", **connection)
     copy = make_sandbox(snapshot=name)  # by name; template, class and resources come from the snapshot
     info = copy.get_info()
     assert (info.isolation, info.memory_mb, info.source_snapshot) == (isolation, 256, snap.id)

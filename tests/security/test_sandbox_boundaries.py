@@ -107,10 +107,10 @@ def test_the_hosts_loopback_services_are_unreachable(attacker: Sandbox, local_st
         )
         out, _ = sh(attacker, f'python3 -c "{probe}"')
         assert out.strip() == "ConnectionRefusedError", (name, out)
-    # Loopback, and for containers the sandbox's own link to the node (gVisor: loopback only).
+    # Loopback and the sandbox's own link to the node (whose firewall sends everything to the
+    # egress-proxy); no other interface of the host is visible.
     out, _ = sh(attacker, "ip -o link | awk -F': ' '{print $2}' | cut -d@ -f1")
-    expected = ["lo", "eth0"] if attacker.get_info().isolation == "container" else ["lo"]
-    assert out.split() == expected
+    assert out.split() == ["lo", "eth0"]
 
 
 def test_mounting_raw_sockets_and_kernel_modules_are_refused(attacker: Sandbox) -> None:

@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -62,15 +63,13 @@ class World:
     lab: EgressLab
     resolver: FakeResolver
     resolver_server: Server
+    resolver_port: int
     box: LabSandbox
     agent: LabSandbox
 
 
-@pytest.fixture(scope="module", params=["container", "gvisor"])
-async def world(request: pytest.FixtureRequest, server_tmp_root: Path) -> AsyncIterator[World]:
-    resolver = FakeResolver()
-    port = free_port()
-    server = await serve(
+async def serve_resolver(resolver: FakeResolver, port: int) -> Server:
+    return await serve(
         GrpcSettings(port=port, shutdown_grace_s=0),
         [
             (
@@ -81,6 +80,14 @@ async def world(request: pytest.FixtureRequest, server_tmp_root: Path) -> AsyncI
         ],
         internal_token=RESOLVER_TOKEN,
     )
+
+
+@pytest.fixture(scope="module", params=["container", "gvisor"])
+async def world(request: pytest.FixtureRequest, server_tmp_root: Path) -> AsyncIterator[World]:
+    resolver = FakeResolver()
+    port = free_port()
+    world: World | None = None
+    server = await serve_resolver(resolver, port)
     index = 320 + (1 if request.param == "gvisor" else 0)
     # Not below pytest's basetemp: sandbox users must traverse it, and pytest resets its mode.
     base = Path(tempfile.mkdtemp(prefix=f"egress-{request.param}-", dir=server_tmp_root))
@@ -95,9 +102,10 @@ async def world(request: pytest.FixtureRequest, server_tmp_root: Path) -> AsyncI
                 name="agent",
                 envs={"API_KEY": "hutch-secret://API_KEY"},
             )
-            yield World(lab, resolver, server, box, agent)
+            world = World(lab, resolver, server, port, box, agent)
+            yield world
     finally:
-        await server.stop()
+        await (world.resolver_server if world is not None else server).stop()
 
 
 def forget_answers(world: World) -> None:
@@ -283,11 +291,24 @@ async def test_with_the_secrets_broker_down_injection_fails_closed(world: World)
     assert lab.proxy is not None
     lab.proxy.credentials.forget(world.agent.id)
     await world.resolver_server.stop()
-    before = len(lab.internet.requests("allowed.test"))
-    out, _ = await world.agent.sh(f"{CURL} -i https://allowed.test/echo")
-    assert " 503 " in out.splitlines()[0], out
-    assert "secrets-broker" in out
-    assert len(lab.internet.requests("allowed.test")) == before
+    try:
+        before = len(lab.internet.requests("allowed.test"))
+        out, _ = await world.agent.sh(f"{CURL} -i https://allowed.test/echo")
+        assert " 503 " in out.splitlines()[0], out
+        assert "secrets-broker" in out
+        assert len(lab.internet.requests("allowed.test")) == before
+    finally:
+        world.resolver_server = await serve_resolver(world.resolver, world.resolver_port)
+
+    async def injected_again() -> bool:
+        out, code = await world.agent.sh(f"{CURL} -o /dev/null -w '%{{http_code}}' https://allowed.test/echo")
+        received = lab.internet.requests("allowed.test")[-1]
+        return out.strip().endswith("200") and ["authorization", f"Bearer {TOKEN}"] in [
+            [k.lower(), v] for k, v in received["headers"]
+        ]
+
+    # The broker back: values are injected again (once the proxy's channel has reconnected).
+    await eventually(injected_again, timeout=30, interval=0.5)
 
 
 async def test_bytes_are_counted_per_sandbox_and_destination(world: World) -> None:

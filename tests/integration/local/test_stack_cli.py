@@ -245,6 +245,8 @@ def test_whole_stack_up_status_down_keeps_the_dev_key(home: Path) -> None:
     assert [name for name, c in found.items() if c["kind"] == "service"] == [
         "scheduler",
         "snapshot-store",
+        "secrets-broker",
+        "egress-proxy",
         "node-agent",
         "billing-meter",
         "gateway",
@@ -257,7 +259,7 @@ def test_whole_stack_up_status_down_keeps_the_dev_key(home: Path) -> None:
 
     status = run_cli(home, "status")
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count("healthy") == 8
+    assert status.stdout.count("healthy") == 10
 
     assert run_cli(home, "down").returncode == 0
     up = run_cli(home, "up", "--detach")

@@ -184,3 +184,20 @@ async def test_another_tenants_snapshot_is_not_found(node: Node, snapshots: Node
     record = await snapshots.take(parent)
     with pytest.raises(errors.NotFound):
         await snapshots.source("someone-else", record.id, "container")
+
+
+async def test_dropping_a_snapshot_a_sandbox_is_starting_from_waits_for_that_start(
+    node: Node, snapshots: NodeSnapshots
+) -> None:
+    parent = await running(node, "container")
+    await sh(node, parent, "echo kept > /root/kept")
+    record = await snapshots.take(parent)
+    child = new_id()
+    async with snapshots.lease("t", record.id, "container") as source:
+        await snapshots.forget(record.id)  # e.g. DropSnapshot arriving mid-start
+        assert source.frozen_layer.is_dir()
+        with pytest.raises(errors.NotFound):  # no new start may begin from it
+            await snapshots.source("t", record.id, "container")
+        await node.manager.create(request(child, "container"), source)
+    assert snapshots.get(record.id) is None and not source.frozen_layer.exists()
+    assert (await sh(node, child, "cat /root/kept")).strip() == "kept"

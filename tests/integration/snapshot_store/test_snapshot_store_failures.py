@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 from snapshot_store_support import (
     SMALL_CHUNKS,
-    ServiceProcess,
     assert_every_row_has_its_object,
     chunk_objects,
     database,
     random_bytes,
-    service_env,
     tenant_id,
     write_snapshot,
 )
@@ -32,7 +30,7 @@ from hutch.local.servers import S3Server
 from hutch.snapshots.chunker import chunk_bytes
 from hutch.snapshots.codec import SealedChunk, seal
 from hutch.snapshots.reader import SnapshotReader
-from hutch.testing.snapshot_store import new_master_key, served, store_settings
+from hutch.testing.snapshot_store import ServiceProcess, new_master_key, served, service_env, store_settings
 
 pytestmark = pytest.mark.integration
 

@@ -3,6 +3,7 @@ add up exactly, the final sample before teardown, and a restart that neither los
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,3 +208,31 @@ async def test_a_sandbox_restored_under_a_new_init_starts_its_counter_again(tmp_
     meter.sample([box], clock.now, report=True)
     await meter.publish_pending()
     assert [r.cpu_active_ns for r in published.unique().values()] == [8 * S, 3 * S]
+
+
+async def test_a_resumed_sandbox_is_metered_afresh_under_ids_of_its_own(tmp_path: Path) -> None:
+    cgroups, clock, published = FakeCgroups(tmp_path), Clock(), Published()
+    meter = metering(tmp_path, clock, published)
+    meter._running = True
+    first = sandbox()
+    clock.now = T0 + 5 * S
+    cgroups.set(first.id, 3 * S, 64 * MIB, 64 * MIB)
+    meter.sample([first], clock.now, report=False)
+    await meter.release(first)  # paused: its last report is cut, and (here) not yet published
+    resumed = LocalSandbox(
+        request=replace(first.request, snapshot_id="snap-aaaaaaaaaaaaaaaaaaaa"),
+        status="running",
+        env={},
+        default_user="root",
+        workdir="/",
+        started_at=datetime.fromtimestamp((T0 + 20 * S) / S, UTC),
+    )
+    clock.now = T0 + 30 * S
+    cgroups.set(first.id, 2 * S, 64 * MIB, 64 * MIB)  # a new cgroup under the same name
+    meter.sample([resumed], clock.now, report=True)
+    await meter.publish_pending()
+
+    reports = published.unique()
+    assert sorted(reports) == [f"{first.id}.compute.1", f"{first.id}.compute.snap-aaaaaaaaaaaaaaaaaaaa.1"]
+    assert reports[f"{first.id}.compute.1"].final
+    assert reports[f"{first.id}.compute.snap-aaaaaaaaaaaaaaaaaaaa.1"].cpu_active_ns == 2 * S

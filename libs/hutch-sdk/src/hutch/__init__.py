@@ -45,8 +45,10 @@ from hutch.models import (
     SnapshotInfo,
     SnapshotUsage,
 )
+from hutch.network import EgressDestination, EgressReport, NetworkPolicy
 from hutch.pty import AsyncPty, AsyncPtyHandle, DataHandler, Pty, PtyHandle
 from hutch.sandbox import AsyncSandbox, Sandbox
+from hutch.secrets import AsyncSecret, Secret, SecretGrant, SecretInfo, SecretUse
 from hutch.snapshot import AsyncSnapshot, Snapshot
 from hutch.templates import AsyncTemplate, Template, TemplateInfo
 from hutch.usage import AsyncUsage, CostComparison, PriceBook, Usage, UsageSummary
@@ -62,7 +64,15 @@ __all__ = [
     "AsyncSandbox",
     "AsyncSnapshot",
     "AsyncTemplate",
+    "AsyncSecret",
     "AsyncUsage",
+    "EgressDestination",
+    "EgressReport",
+    "NetworkPolicy",
+    "Secret",
+    "SecretGrant",
+    "SecretInfo",
+    "SecretUse",
     "AsyncWatchHandle",
     "AuthenticationError",
     "ChecksumMismatchError",

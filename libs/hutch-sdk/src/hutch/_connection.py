@@ -7,6 +7,7 @@ sandbox holds no channel until someone asks it something again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from importlib import metadata
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from hutch.v1.process_pb2_grpc import ProcessesAsyncStub
     from hutch.v1.sandbox_pb2_grpc import SandboxesAsyncStub
     from hutch.v1.templates_pb2_grpc import TemplatesAsyncStub
+
+# What writing to a client stream raises once the gateway has already ended the call: the call's
+# own status (awaited afterwards) is the real answer.
+WRITE_AFTER_END: Final = (asyncio.InvalidStateError, grpc.aio.AioRpcError)
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")

@@ -19,7 +19,7 @@ from typing import IO, TypeAlias
 
 import grpc.aio
 
-from hutch._connection import Connection
+from hutch._connection import WRITE_AFTER_END, Connection
 from hutch._sources import ByteSource, iter_chunks, known_size
 from hutch.exceptions import ChecksumMismatchError, InternalError
 from hutch.v1 import files_pb2
@@ -83,7 +83,7 @@ async def write_file(
                 # Only `end` commits the file: a stream cut short anywhere on its way writes nothing.
                 await call.write(files_pb2.WriteFileRequest(end=files_pb2.WriteFileEnd()))
                 await call.done_writing()
-            except asyncio.InvalidStateError:
+            except WRITE_AFTER_END:
                 # The gateway ended the call early (e.g. the file is too large); awaiting the call
                 # below raises the status it ended with.
                 pass

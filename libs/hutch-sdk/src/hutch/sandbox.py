@@ -21,6 +21,10 @@ from hutch.commands import AsyncCommands, Commands
 from hutch.exceptions import HutchError, InvalidArgumentError, NotFoundError, SandboxError
 from hutch.files import AsyncFiles, Files
 from hutch.models import SandboxInfo, SandboxState, SnapshotInfo
+from hutch.network import EgressReport, NetworkPolicy, NetworkSpec, merged, policy_message
+from hutch.network import egress as _egress
+from hutch.network import get_network as _get_network
+from hutch.network import update_network as _update_network
 from hutch.pty import AsyncPty, Pty
 from hutch.snapshot import take_snapshot
 from hutch.v1 import sandbox_pb2
@@ -234,6 +238,7 @@ class AsyncSandbox:
         isolation: str = "auto",
         trust: str | None = None,
         snapshot: str | None = None,
+        network: NetworkSpec | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -256,6 +261,8 @@ class AsyncSandbox:
             snapshot: Start from this snapshot (id or name) instead of the bare template: its files,
                 and for a gVisor snapshot its running processes. Its template and isolation class
                 are the snapshot's; its environment variables too, unless `envs` overrides them.
+            network: What the sandbox may reach, e.g. {"allow": ["api.github.com", "*.pypi.org"]};
+                None reaches nothing (see `hutch.network` for the entries and `update_network`).
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -287,6 +294,7 @@ class AsyncSandbox:
             trust=trust,
             snapshot=snapshot,
         )
+        request.network.CopyFrom(policy_message(network))
         source = f"snapshot {snapshot!r}" if snapshot else f"template {template or 'base'!r}"
         connection = Connection(resolve(api_key, endpoint, request_timeout))
         try:
@@ -410,6 +418,37 @@ class AsyncSandbox:
         return await _kill(self._connection, self.id)
 
     kill = HybridMethod(_kill, _kill_by_id)
+
+    async def update_network(
+        self,
+        network: NetworkSpec | None = None,
+        *,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] | None = None,
+        passthrough: Iterable[str] | None = None,
+    ) -> NetworkPolicy:
+        """Replaces what the sandbox may reach; new connections follow it within a second.
+
+        Args:
+            network: The whole new policy ({"allow": [...], "deny": [...], "passthrough": [...]}).
+            allow, deny, passthrough: Or the lists themselves (omitted ones become empty).
+
+        Returns:
+            The policy as stored (normalized).
+
+        Raises:
+            InvalidArgumentError: An entry is malformed; the message names it.
+            SandboxError: The sandbox has ended.
+        """
+        return await _update_network(self._connection, self.id, merged(network, allow, deny, passthrough))
+
+    async def get_network(self) -> NetworkPolicy:
+        """What the sandbox may reach now."""
+        return await _get_network(self._connection, self.id)
+
+    async def egress(self) -> EgressReport:
+        """Bytes out and in per destination since the sandbox started, and its refusals."""
+        return await _egress(self._connection, self.id)
 
     async def set_timeout(self, timeout: float | None) -> SandboxInfo:
         """Sets how long the sandbox may still live, counted from now.
@@ -705,6 +744,7 @@ class Sandbox:
         isolation: str = "auto",
         trust: str | None = None,
         snapshot: str | None = None,
+        network: NetworkSpec | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -727,6 +767,8 @@ class Sandbox:
             snapshot: Start from this snapshot (id or name) instead of the bare template: its files,
                 and for a gVisor snapshot its running processes. Its template and isolation class
                 are the snapshot's; its environment variables too, unless `envs` overrides them.
+            network: What the sandbox may reach, e.g. {"allow": ["api.github.com", "*.pypi.org"]};
+                None reaches nothing (see `hutch.network` for the entries and `update_network`).
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -759,6 +801,7 @@ class Sandbox:
                     isolation=isolation,
                     trust=trust,
                     snapshot=snapshot,
+                    network=network,
                     api_key=api_key,
                     endpoint=endpoint,
                     request_timeout=request_timeout,
@@ -867,6 +910,37 @@ class Sandbox:
         return PORTAL.run(self._async.kill())
 
     kill = HybridMethod(_kill, _kill_by_id_sync)
+
+    def update_network(
+        self,
+        network: NetworkSpec | None = None,
+        *,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] | None = None,
+        passthrough: Iterable[str] | None = None,
+    ) -> NetworkPolicy:
+        """Replaces what the sandbox may reach; new connections follow it within a second.
+
+        Args:
+            network: The whole new policy ({"allow": [...], "deny": [...], "passthrough": [...]}).
+            allow, deny, passthrough: Or the lists themselves (omitted ones become empty).
+
+        Returns:
+            The policy as stored (normalized).
+
+        Raises:
+            InvalidArgumentError: An entry is malformed; the message names it.
+            SandboxError: The sandbox has ended.
+        """
+        return PORTAL.run(self._async.update_network(network, allow=allow, deny=deny, passthrough=passthrough))
+
+    def get_network(self) -> NetworkPolicy:
+        """What the sandbox may reach now."""
+        return PORTAL.run(self._async.get_network())
+
+    def egress(self) -> EgressReport:
+        """Bytes out and in per destination since the sandbox started, and its refusals."""
+        return PORTAL.run(self._async.egress())
 
     def set_timeout(self, timeout: float | None) -> SandboxInfo:
         """Sets how long the sandbox may still live, counted from now.

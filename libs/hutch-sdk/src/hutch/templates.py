@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hutch._config import resolve
-from hutch._connection import Connection
+from hutch._connection import WRITE_AFTER_END, Connection
 from hutch._portal import PORTAL
 from hutch._sources import iter_chunks
 from hutch.v1 import templates_pb2
@@ -112,10 +112,16 @@ class AsyncTemplate:
                                     on_progress(sent, total)
                         await call.write(templates_pb2.ImportTemplateRequest(end=templates_pb2.ImportTemplateEnd()))
                         await call.done_writing()
+                    except WRITE_AFTER_END:
+                        pass  # the gateway answered early (e.g. a bad name): awaiting the call raises why
                     except BaseException:
                         call.cancel()
                         raise
-                    return TemplateInfo.from_proto(await call)
+                    try:
+                        return TemplateInfo.from_proto(await call)
+                    except BaseException:
+                        call.cancel()
+                        raise
 
     @staticmethod
     async def list(*, api_key: str | None = None, endpoint: str | None = None) -> list[TemplateInfo]:

@@ -45,10 +45,17 @@ class Counters:
 
 @dataclass
 class _Sandbox:
+    """What one sandbox sent that is not out yet. Billing and the per-destination totals are
+    published, and retried, separately (each with its own sequence), so that one going out and the
+    other failing never counts bytes twice or loses them."""
+
     tenant_id: str
     since: datetime
     sequence: int = 0
     destinations: dict[str, Counters] = field(default_factory=lambda: defaultdict(Counters))
+    billed_since: datetime | None = None
+    billing_sequence: int = 0
+    unbilled_out: int = 0
 
 
 class Accounting:
@@ -58,6 +65,9 @@ class Accounting:
         self._node_id = node_id
         self._epoch = epoch
         self._sandboxes: dict[str, _Sandbox] = {}
+        # Sequences of forgotten meters: a sandbox registered again (resumed on this node) must not
+        # reuse an event id, or its new usage would be dropped as a duplicate.
+        self._sequences: dict[str, tuple[int, int]] = {}
         self._audit: list[Envelope[egress_pb2.EgressAudit]] = []
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -67,13 +77,18 @@ class Accounting:
     def _meter(self, entry: SandboxEntry) -> _Sandbox:
         meter = self._sandboxes.get(entry.sandbox_id)
         if meter is None:
-            meter = self._sandboxes[entry.sandbox_id] = _Sandbox(entry.tenant_id, datetime.now(UTC))
+            traffic, billing = self._sequences.pop(entry.sandbox_id, (0, 0))
+            meter = self._sandboxes[entry.sandbox_id] = _Sandbox(
+                entry.tenant_id, datetime.now(UTC), sequence=traffic, billing_sequence=billing
+            )
         return meter
 
     def count(
         self, entry: SandboxEntry, destination: str, out: int = 0, back: int = 0, requests: int = 0, refused: int = 0
     ) -> None:
-        counters = self._meter(entry).destinations[destination]
+        meter = self._meter(entry)
+        meter.unbilled_out += out
+        counters = meter.destinations[destination]
         counters.bytes_out += out
         counters.bytes_in += back
         counters.requests += requests
@@ -136,11 +151,18 @@ class Accounting:
             await self._flush_audit()
             now = datetime.now(UTC)
             for sandbox_id, meter in list(self._sandboxes.items()):
+                if meter.unbilled_out:
+                    billed, meter.unbilled_out = meter.unbilled_out, 0
+                    try:
+                        await self._publish_usage(sandbox_id, meter, billed, now)
+                    except Exception:
+                        meter.unbilled_out += billed  # try again next round
+                        raise
                 if not meter.destinations:
                     continue
                 taken, meter.destinations = meter.destinations, defaultdict(Counters)
                 try:
-                    await self._publish_round(sandbox_id, meter, taken, now)
+                    await self._publish_traffic(sandbox_id, meter, taken, now)
                 except Exception:
                     for destination, counters in taken.items():  # try again next round
                         meter.destinations[destination].add(counters)
@@ -156,20 +178,36 @@ class Accounting:
             await self._publish(envelope.kind.subject(self._region), envelope)
             self._audit.pop(0)
 
-    async def _publish_round(self, sandbox_id: str, meter: _Sandbox, taken: dict[str, Counters], now: datetime) -> None:
+    async def _publish_usage(self, sandbox_id: str, meter: _Sandbox, bytes_out: int, now: datetime) -> None:
         if self._publish is None:
             return
-        sequence = meter.sequence + 1
-        total_out = sum(c.bytes_out for c in taken.values())
+        sequence = meter.billing_sequence + 1
         report = usage_pb2.UsageReport(
             tenant_id=meter.tenant_id,
             sandbox_id=sandbox_id,
             source=f"hutch://{self._region}/egress-proxy/{self._node_id}/{self._epoch}",
             sequence=sequence,
-            egress_bytes=total_out,
+            egress_bytes=bytes_out,
         )
-        report.window_start.FromDatetime(meter.since)
+        report.window_start.FromDatetime(meter.billed_since or meter.since)
         report.window_end.FromDatetime(now)
+        usage = Envelope(
+            kind=events.USAGE_EGRESS,
+            payload=report,
+            tenant=meter.tenant_id,
+            sandbox=sandbox_id,
+            id=f"{sandbox_id}.{self._epoch}.{sequence}.egress",
+        )
+        await self._publish(usage.kind.subject(self._region), usage)
+        meter.billing_sequence = sequence
+        meter.billed_since = now
+
+    async def _publish_traffic(
+        self, sandbox_id: str, meter: _Sandbox, taken: dict[str, Counters], now: datetime
+    ) -> None:
+        if self._publish is None:
+            return
+        sequence = meter.sequence + 1
         traffic = egress_pb2.EgressTraffic(
             tenant_id=meter.tenant_id,
             sandbox_id=sandbox_id,
@@ -187,15 +225,12 @@ class Accounting:
         )
         traffic.window_start.FromDatetime(meter.since)
         traffic.window_end.FromDatetime(now)
-        ident = f"{sandbox_id}.{self._epoch}.{sequence}"
-        tenant = meter.tenant_id
-        if total_out:
-            usage = Envelope(
-                kind=events.USAGE_EGRESS, payload=report, tenant=tenant, sandbox=sandbox_id, id=f"{ident}.egress"
-            )
-            await self._publish(usage.kind.subject(self._region), usage)
         per_destination = Envelope(
-            kind=events.EGRESS_TRAFFIC, payload=traffic, tenant=tenant, sandbox=sandbox_id, id=f"{ident}.traffic"
+            kind=events.EGRESS_TRAFFIC,
+            payload=traffic,
+            tenant=meter.tenant_id,
+            sandbox=sandbox_id,
+            id=f"{sandbox_id}.{self._epoch}.{sequence}.traffic",
         )
         await self._publish(per_destination.kind.subject(self._region), per_destination)
         meter.sequence = sequence
@@ -203,5 +238,6 @@ class Accounting:
     def forget(self, sandbox_id: str) -> None:
         """Drops a sandbox's meter once its counts are out (it was unregistered)."""
         meter = self._sandboxes.get(sandbox_id)
-        if meter is not None and not meter.destinations:
+        if meter is not None and not meter.destinations and not meter.unbilled_out:
             del self._sandboxes[sandbox_id]
+            self._sequences[sandbox_id] = (meter.sequence, meter.billing_sequence)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from hutch.core import telemetry
+from hutch.core import errors, telemetry
 from hutch.core.bus import Bus
 from hutch.core.lifecycle import shutdown_on_signals
 from hutch_egress_proxy.proxy import EgressProxy
@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 
 
 async def run(settings: EgressProxySettings) -> None:
+    if not settings.internal_token.get_secret_value():
+        # The registry tells the proxy (and through it the secrets-broker) which tenant and sandbox
+        # an address belongs to; only the node-agent may say so.
+        raise errors.FailedPrecondition("HUTCH_INTERNAL_TOKEN must be set: the registry serves the node-agent only")
     shutdown = shutdown_on_signals()
     with telemetry.tracing(settings.telemetry, "egress-proxy", settings.region):
         async with Bus.connect(settings.nats, settings.region, f"egress-proxy-{settings.egress.node_id}") as bus:

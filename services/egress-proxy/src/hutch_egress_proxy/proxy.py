@@ -113,6 +113,11 @@ class EgressProxy:
                     raise task.exception()  # type: ignore[misc]
         finally:
             stop.set()
+            # mitmproxy leaves its listeners open at shutdown (a process normally exits then).
+            server = master.addons.get("proxyserver")
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await server.servers.update([])
             master.shutdown()
             await asyncio.wait(tasks, timeout=5)
             for task in tasks:

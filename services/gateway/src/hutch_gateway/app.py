@@ -11,13 +11,15 @@ from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.core.nodes import NodeDirectory
 from hutch.v1 import (
     files_pb2_grpc,
+    network_pb2_grpc,
     process_pb2_grpc,
     sandbox_pb2_grpc,
+    secrets_pb2_grpc,
     snapshot_pb2_grpc,
     templates_pb2_grpc,
     usage_pb2_grpc,
 )
-from hutch_gateway import store, tenants
+from hutch_gateway import egress_projection, store, tenants
 from hutch_gateway.auth import Authenticator
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
@@ -30,11 +32,14 @@ from hutch_gateway.grpc_api import (
     TemplatesServicer,
 )
 from hutch_gateway.janitor import SnapshotJanitor
+from hutch_gateway.network_api import NetworkServicer
+from hutch_gateway.network_service import NetworkService
 from hutch_gateway.node_snapshots import NodeSnapshotCalls
 from hutch_gateway.preview import PreviewSite, derive_secret
 from hutch_gateway.preview_edge import PreviewEdge
 from hutch_gateway.projection import SandboxProjection
 from hutch_gateway.sandbox_snapshots import SandboxSnapshots
+from hutch_gateway.secrets_proxy import BrokerChannel, SecretsProxy
 from hutch_gateway.service import SandboxService
 from hutch_gateway.settings import GatewaySettings
 from hutch_gateway.snapshot_catalog import SnapshotCatalog
@@ -92,6 +97,8 @@ async def run(settings: GatewaySettings) -> None:
                 settings.internal_token.get_secret_value(),
                 settings.grpc.max_message_bytes,
             )
+            broker = BrokerChannel(options.secrets_broker_address, settings.internal_token.get_secret_value())
+            network = NetworkService(pool, relay, service, region)
 
             server = await serve(
                 settings.grpc,
@@ -117,6 +124,12 @@ async def run(settings: GatewaySettings) -> None:
                         "hutch.v1.Templates",
                     ),
                     (usage_pb2_grpc.add_UsageServicer_to_server, UsageProxy(auth, billing), "hutch.v1.Usage"),
+                    (secrets_pb2_grpc.add_SecretsServicer_to_server, SecretsProxy(auth, broker), "hutch.v1.Secrets"),
+                    (
+                        network_pb2_grpc.add_NetworkServicer_to_server,
+                        NetworkServicer(auth, network),
+                        "hutch.v1.Network",
+                    ),
                     (
                         snapshot_pb2_grpc.add_SnapshotsServicer_to_server,
                         SnapshotsServicer(auth, catalog),
@@ -151,6 +164,8 @@ async def run(settings: GatewaySettings) -> None:
                     feed.run(shutdown),
                     nodes.run(shutdown),
                     bus.consume(projection, SandboxProjection(pool, relay, region, janitor), shutdown),
+                    bus.consume(egress_projection.consumer(region), egress_projection.EgressProjection(pool), shutdown),
+                    egress_projection.prune(pool, region, shutdown),
                 )
             finally:
                 if edge is not None:
@@ -159,4 +174,5 @@ async def run(settings: GatewaySettings) -> None:
                 await janitor.close()
                 await channels.close()
                 await billing.close()
+                await broker.close()
                 await snapshot_store.close()

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hutch.core import errors
 from hutch.internal.v1 import snapshot_store_pb2
-from hutch.v1 import sandbox_pb2, snapshot_pb2
+from hutch.v1 import network_pb2, sandbox_pb2, snapshot_pb2
 from hutch_gateway.domain import SandboxRecord, State
 
 _STATE_TO_PROTO = {
@@ -47,6 +47,7 @@ def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
         isolation=record.isolation,
         public_ports=list(record.public_ports),
         expires_at=_timestamp(record.expires_at),
+        network=network_pb2.NetworkPolicy(**record.network),
         source_snapshot=record.source_snapshot,
         forked_from=record.forked_from,
         # Only while the snapshot holds it: after a resume the sandbox is its own again.

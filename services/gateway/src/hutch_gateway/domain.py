@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from hutch.core import errors
+from hutch_gateway.network_rules import check_network
 
 DEFAULT_TEMPLATE = "base"
 DEFAULT_CPU_MILLIS = 1000
@@ -67,6 +68,8 @@ class CreateRequest:
     # Start from this snapshot (id or name); template, isolation and resources left empty above
     # are then the snapshot's (see snapshot_rules.restore_request).
     snapshot: str = ""
+    # What it may reach: normalized "allow", "deny" and "passthrough" lists (network_rules); empty: nothing.
+    network: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class SandboxRecord:
     # While paused: what was left of its timeout (None: the whole timeout applies from its start).
     timeout_left_s: int | None = None
     envs: dict[str, str] = field(default_factory=dict)
+    network: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def resuming(self) -> bool:
@@ -122,6 +126,7 @@ def restart_request(record: SandboxRecord) -> CreateRequest:
         envs=dict(record.envs),
         timeout_seconds=record.timeout_seconds,
         isolation=record.isolation,
+        network={key: list(values) for key, values in record.network.items()},
     )
 
 
@@ -144,6 +149,7 @@ def validate_create(
     isolation: str = "",
     trust: str = "",
     snapshot: str = "",
+    network: dict[str, list[str]] | None = None,
 ) -> CreateRequest:
     """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field.
 
@@ -165,8 +171,19 @@ def validate_create(
         raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
     check_metadata(metadata)
     _check_envs(envs)
+    checked = check_network(**(network or {}))
     return CreateRequest(
-        template, name, cpu_millis, memory_mb, dict(metadata), dict(envs), timeout_seconds, isolation, trust, snapshot
+        template,
+        name,
+        cpu_millis,
+        memory_mb,
+        dict(metadata),
+        dict(envs),
+        timeout_seconds,
+        isolation,
+        trust,
+        snapshot,
+        network=checked,
     )
 
 

@@ -8,7 +8,7 @@ from hutch.core import events
 from hutch.core.events import Envelope, sandbox_event_id
 from hutch.events.v1 import node_pb2
 from hutch.events.v1 import sandbox_pb2 as ev
-from hutch.v1 import sandbox_pb2
+from hutch.v1 import network_pb2, sandbox_pb2
 from hutch_gateway.domain import CreateRequest, SandboxRecord
 
 
@@ -30,6 +30,7 @@ def requested(
         isolation=record.isolation,
         snapshot_id=record.incarnation,
         prefer_node=prefer_node,
+        network=network_pb2.NetworkPolicy(**request.network),
     )
     return Envelope(
         kind=events.SANDBOX_REQUESTED,
@@ -80,5 +81,14 @@ def deadline_command(record: SandboxRecord) -> Envelope[node_pb2.NodeCommand]:
         deadline.deadline.FromDatetime(record.expires_at)
     return Envelope(
         kind=events.NODE_COMMAND, payload=node_pb2.NodeCommand(set_deadline=deadline),
+        tenant=record.tenant_id, sandbox=record.id,
+    )  # fmt: skip
+
+
+def network_command(record: SandboxRecord) -> Envelope[node_pb2.NodeCommand]:
+    """Tells the sandbox's node (and through it the node's egress-proxy) its new network policy."""
+    change = node_pb2.UpdateSandboxNetwork(sandbox_id=record.id, network=network_pb2.NetworkPolicy(**record.network))
+    return Envelope(
+        kind=events.NODE_COMMAND, payload=node_pb2.NodeCommand(update_network=change),
         tenant=record.tenant_id, sandbox=record.id,
     )  # fmt: skip

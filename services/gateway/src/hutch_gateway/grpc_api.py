@@ -36,6 +36,7 @@ from hutch_gateway import convert
 from hutch_gateway.auth import Authenticator, key_from_metadata
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits, validate_create
+from hutch_gateway.network_rules import network_lists
 from hutch_gateway.sandbox_snapshots import SandboxSnapshots
 from hutch_gateway.service import SandboxService
 from hutch_gateway.snapshot_catalog import SnapshotCatalog, describe
@@ -76,6 +77,7 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             isolation=request.isolation,
             trust=request.trust,
             snapshot=request.snapshot,
+            network=network_lists(request.network),
         )
         return convert.sandbox(await self._service.create(tenant, create))
 

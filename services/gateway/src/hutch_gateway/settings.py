@@ -37,6 +37,9 @@ class GatewayOptions(BaseModel):
     # host:port of the billing-meter, which serves the usage API behind the gateway; empty: the
     # usage API answers UNAVAILABLE.
     billing_meter_address: str = ""
+    # host:port of the secrets-broker, which serves the Secrets API behind the gateway; empty: the
+    # Secrets API answers UNAVAILABLE.
+    secrets_broker_address: str = ""
     # host:port of the snapshot-store, which holds snapshots; empty: Snapshot, Create from a snapshot
     # and the Snapshots API answer UNAVAILABLE (pause, resume and forks still work within a node).
     snapshot_store_address: str = ""

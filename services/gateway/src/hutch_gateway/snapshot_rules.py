@@ -179,8 +179,3 @@ def _ended_or_stopping(record: SandboxRecord, what: str) -> errors.FailedPrecond
         f"sandbox {record.id} is {record.state.value} and cannot be {what}: create a new one"
         + (" (or one from a snapshot of it)" if what == "resumed" else "")
     )
-
-
-def is_current(event_incarnation: str | None, record: SandboxRecord) -> bool:
-    """Whether an event belongs to the sandbox's current start (ids of another shape always do)."""
-    return event_incarnation is None or event_incarnation == record.incarnation

@@ -16,13 +16,14 @@ import asyncpg
 from hutch.core import errors
 from hutch_gateway.domain import CreateRequest, SandboxRecord, State
 from hutch_gateway.isolation import IsolationPolicy
+from hutch_gateway.network_rules import lists_from
 
 CHANNEL = "hutch_sandbox"
 
 _COLUMNS = (
     "id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, timeout_seconds, region, "
     "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation, expires_at, public_ports, "
-    "source_snapshot, forked_from, paused_snapshot, paused_node, incarnation, timeout_left_s, envs"
+    "source_snapshot, forked_from, paused_snapshot, paused_node, incarnation, timeout_left_s, envs, network"
 )
 
 
@@ -58,6 +59,7 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         incarnation=row["incarnation"],
         timeout_left_s=row["timeout_left_s"],
         envs=_json_object(row["envs"]),
+        network=lists_from(row["network"]),
     )
 
 
@@ -141,8 +143,9 @@ async def insert_sandbox(
     try:
         row = await conn.fetchrow(
             f"INSERT INTO sandboxes (id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, "
-            f"timeout_seconds, region, isolation, envs, source_snapshot, forked_from, incarnation) "
-            f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10, $11::jsonb, $12, $13, $12) "
+            f"timeout_seconds, region, isolation, envs, source_snapshot, forked_from, incarnation, network) "
+            f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10, $11::jsonb, $12, $13, $12, "
+            f"$14::jsonb) "
             f"RETURNING {_COLUMNS}",
             sandbox_id,
             tenant_id,
@@ -157,6 +160,7 @@ async def insert_sandbox(
             json.dumps(request.envs),
             source_snapshot,
             forked_from,
+            json.dumps(request.network),
         )
     except asyncpg.UniqueViolationError:
         raise errors.AlreadyExists(
@@ -412,3 +416,17 @@ async def held_by_snapshot(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str
         snapshot_id,
     )
     return held
+
+
+async def set_network(conn: asyncpg.Connection, sandbox_id: str, network: dict[str, list[str]]) -> SandboxRecord | None:
+    """Replaces a live sandbox's network policy; None once it has ended."""
+    row = await conn.fetchrow(
+        f"UPDATE sandboxes SET network = $2::jsonb WHERE id = $1 AND state NOT IN ('killed', 'failed') "
+        f"RETURNING {_COLUMNS}",
+        sandbox_id,
+        json.dumps(network),
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)

@@ -59,10 +59,12 @@ class CommandHandler:
     async def _create(self, create: node_pb2.CreateSandbox) -> None:
         request = request_from_spec(create.spec)
         try:
-            source = None
             if request.snapshot_id:
-                source = await self._snapshots.source(request.tenant_id, request.snapshot_id, request.isolation)
-            sandbox = await self._manager.create(request, source)
+                lease = self._snapshots.lease(request.tenant_id, request.snapshot_id, request.isolation)
+                async with lease as source:
+                    sandbox = await self._manager.create(request, source)
+            else:
+                sandbox = await self._manager.create(request)
         except errors.Unavailable:
             raise  # redelivered later
         except errors.HutchError as exc:

@@ -7,7 +7,8 @@ tree always gives the same bytes, which is what lets content-defined chunking fi
 parts of a layer from one snapshot to the next.
 
 Owners are stored as the host sees them (shifted into the node's user-namespace range); the shift is
-recorded with the snapshot, and a node with another shift moves them on unpacking.
+recorded with the snapshot, and a node with another shift moves them on unpacking. Access and
+change times are not kept (a restored file's ctime is when it was restored).
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from hutch.core import errors
 
 READ_SIZE = 1024 * 1024
 _COMMON = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--format=posix")
+# Without these, every header would carry the file's access and change times (which reading the
+# layer itself moves), and extended headers would be named after the tar process's pid: every
+# snapshot of an unchanged file would differ, defeating deduplication.
+_STABLE_HEADERS = "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime"
 
 
 async def pack(upper: Path) -> AsyncIterator[bytes]:
     """The layer's tar stream, in pieces of up to READ_SIZE bytes."""
     proc = await asyncio.create_subprocess_exec(
-        "tar", "--create", "--file=-", f"--directory={upper}", "--sort=name", "--sparse", *_COMMON, ".",
+        "tar", "--create", "--file=-", f"--directory={upper}", "--sort=name", "--sparse", _STABLE_HEADERS,
+        *_COMMON, ".",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         limit=READ_SIZE,
     )  # fmt: skip

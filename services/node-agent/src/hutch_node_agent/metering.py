@@ -45,8 +45,13 @@ _NS_PER_MS: Final = 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def report_id(sandbox_id: str, sequence: int) -> str:
-    return f"{sandbox_id}.compute.{sequence}"
+def report_id(meter: SandboxMeter, sequence: int) -> str:
+    return f"{meter.sandbox_id}.compute{meter.incarnation}.{sequence}"
+
+
+def meter_key(sandbox: LocalSandbox) -> str:
+    """Meters are per start of a sandbox: a resumed one is metered afresh."""
+    return sandbox.id + sandbox.request.incarnation
 
 
 def _epoch_ns(moment: datetime) -> int:
@@ -67,6 +72,7 @@ def new_meter(sandbox: LocalSandbox, now_ns: int) -> SandboxMeter:
     start_ns = min(now_ns, _epoch_ns(started)) if started is not None else now_ns
     return SandboxMeter(
         sandbox_id=sandbox.id,
+        incarnation=sandbox.request.incarnation,
         tenant_id=sandbox.request.tenant_id,
         cpu_millis=sandbox.request.cpu_millis,
         memory_mb=sandbox.request.memory_mb,
@@ -172,9 +178,9 @@ class Metering:
     def meters(self) -> dict[str, SandboxMeter]:
         return self._meters
 
-    def _forget(self, sandbox_id: str) -> None:
-        del self._meters[sandbox_id]
-        self._stats.forget(sandbox_id)
+    def _forget(self, key: str) -> None:
+        meter = self._meters.pop(key)
+        self._stats.forget(meter.sandbox_id)
 
     # -- sampling ------------------------------------------------------------------------
 
@@ -182,12 +188,13 @@ class Metering:
         """One round: every running sandbox's counters; with `report`, a report for each."""
         present = set()
         for sandbox in sandboxes:
-            present.add(sandbox.id)
+            key = meter_key(sandbox)
+            present.add(key)
             if sandbox.status != "running":
                 continue
-            meter = self._meters.get(sandbox.id)
+            meter = self._meters.get(key)
             if meter is None:
-                meter = self._meters[sandbox.id] = new_meter(sandbox, now_ns)
+                meter = self._meters[key] = new_meter(sandbox, now_ns)
             if meter.final:
                 continue
             if sandbox.init_pid != meter.init_pid:
@@ -204,10 +211,10 @@ class Metering:
             # While earlier reports wait to be published, the next one waits too and grows instead.
             if report and not meter.unsent:
                 cut(meter, counters, now_ns, self._source, final=False)
-        for sandbox_id, meter in list(self._meters.items()):
-            if sandbox_id not in present and not meter.final and not meter.unsent:
-                log.warning("no longer metering %s: the node does not know it any more", sandbox_id)
-                self._forget(sandbox_id)
+        for key, meter in list(self._meters.items()):
+            if key not in present and not meter.final and not meter.unsent:
+                log.warning("no longer metering %s: the node does not know it any more", meter.sandbox_id)
+                self._forget(key)
 
     async def release(self, sandbox: LocalSandbox) -> None:
         """Cuts a stopping sandbox's last report while its cgroup still exists (SandboxManager's
@@ -220,9 +227,10 @@ class Metering:
 
     def _release(self, sandbox: LocalSandbox) -> None:
         now_ns = self._clock()
-        meter = self._meters.get(sandbox.id)
+        key = meter_key(sandbox)
+        meter = self._meters.get(key)
         if meter is None:
-            meter = self._meters[sandbox.id] = new_meter(sandbox, now_ns)
+            meter = self._meters[key] = new_meter(sandbox, now_ns)
         if meter.final:
             return
         counters = self._stats.read(sandbox.id)
@@ -251,7 +259,7 @@ class Metering:
                 payload=report,
                 tenant=report.tenant_id,
                 sandbox=report.sandbox_id,
-                id=report_id(report.sandbox_id, report.sequence),
+                id=report_id(meter, report.sequence),
                 time=report.window_end.ToDatetime(tzinfo=UTC),
             )
             async with slots:

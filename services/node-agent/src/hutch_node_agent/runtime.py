@@ -15,16 +15,32 @@ import asyncio
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from hutch.core import errors
+from hutch_node_agent.network import NETNS_DIR, netns_name
 
 log = logging.getLogger(__name__)
 
 CONTAINER: Final = "container"
 GVISOR: Final = "gvisor"
+
+
+# The network namespace a sandbox runs in (a path), or None when it has none of its own.
+NetnsLookup = Callable[[str], "str | None"]
+
+
+def no_netns(sandbox_id: str) -> str | None:
+    return None
+
+
+def sandbox_netns(sandbox_id: str) -> str | None:
+    """The namespace the node's network set up for the sandbox, while it exists."""
+    path = NETNS_DIR / netns_name(sandbox_id)
+    return str(path) if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,14 @@ def _clean(stderr: bytes) -> str:
 class OciRuntime:
     """One isolation class, driven through its OCI runtime's command line."""
 
-    def __init__(self, isolation_class: str, binary: str, state_root: Path, flags: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        isolation_class: str,
+        binary: str,
+        state_root: Path,
+        flags: tuple[str, ...] = (),
+        netns_of: NetnsLookup = no_netns,
+    ) -> None:
         path = shutil.which(binary)
         if path is None:
             raise errors.FailedPrecondition(f"{binary} is not installed: run `make deps` (apt-get install {binary})")
@@ -67,10 +90,22 @@ class OciRuntime:
         self._binary = path
         self._root = state_root
         self._flags = flags
+        self._netns_of = netns_of
         state_root.mkdir(parents=True, exist_ok=True)
 
     def _cmd(self, *args: str) -> list[str]:
         return [self._binary, f"--root={self._root}", *self._flags, *args]
+
+    def _cmd_for(self, sandbox_id: str, *args: str) -> list[str]:
+        """A runtime command about one sandbox, run where the runtime can reach it.
+
+        runsc talks to a running sandbox over an abstract unix socket, and those belong to a network
+        namespace: for a sandbox started in its own namespace, every later command must run in that
+        namespace too, or runsc cannot reach the sandbox and reports it stopped.
+        """
+        argv = self._cmd(*args)
+        netns = self._netns_of(sandbox_id) if self.isolation_class == GVISOR else None
+        return ["nsenter", f"--net={netns}", "--", *argv] if netns else argv
 
     def networked(self, argv: list[str], netns: str | None) -> list[str]:
         """`argv` of a runtime command that starts a sandbox in the prepared namespace `netns`.
@@ -116,14 +151,15 @@ class OciRuntime:
         return int(pid_file.read_text().strip())
 
     async def restore_detached(self, sandbox_id: str, bundle: Path, log_path: Path, image: Path) -> int:
-        """Starts the sandbox from a checkpoint image (gVisor): its processes go on where they were."""
+        """Starts the sandbox from a checkpoint image (gVisor): its processes go on where they were,
+        in the sandbox's network namespace when it has one."""
         pid_file = bundle / "init.pid"
+        argv = self._cmd(
+            "restore", "--detach", f"--image-path={image}", f"--bundle={bundle}", f"--pid-file={pid_file}", sandbox_id
+        )  # fmt: skip
         with open(log_path, "ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *self._cmd(
-                    "restore", "--detach", f"--image-path={image}", f"--bundle={bundle}", f"--pid-file={pid_file}",
-                    sandbox_id,
-                ),
+                *self.networked(argv, self._netns_of(sandbox_id)),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -138,41 +174,41 @@ class OciRuntime:
 
     async def checkpoint(self, sandbox_id: str, image: Path) -> None:
         """Writes the sandbox's memory and process state to `image` (gVisor); the sandbox stops."""
-        code, _, err = await _run(*self._cmd("checkpoint", f"--image-path={image}", sandbox_id))
+        code, _, err = await _run(*self._cmd_for(sandbox_id, "checkpoint", f"--image-path={image}", sandbox_id))
         if code != 0:
             raise errors.Internal(f"could not checkpoint sandbox {sandbox_id}: {_first_line(err)}")
 
     async def pause(self, sandbox_id: str) -> None:
         """Freezes every process of the sandbox (crun: the cgroup freezer)."""
-        code, _, err = await _run(*self._cmd("pause", sandbox_id))
+        code, _, err = await _run(*self._cmd_for(sandbox_id, "pause", sandbox_id))
         if code != 0:
             raise errors.Internal(f"could not freeze sandbox {sandbox_id}: {_clean(err)}")
 
     async def resume(self, sandbox_id: str) -> None:
-        code, _, err = await _run(*self._cmd("resume", sandbox_id))
+        code, _, err = await _run(*self._cmd_for(sandbox_id, "resume", sandbox_id))
         if code != 0:
             raise errors.Internal(f"could not thaw sandbox {sandbox_id}: {_clean(err)}")
 
     async def signal(self, sandbox_id: str, signal_name: str) -> None:
         """Sends a signal to the sandbox's init (the supervisor)."""
-        code, _, err = await _run(*self._cmd("kill", sandbox_id, signal_name))
+        code, _, err = await _run(*self._cmd_for(sandbox_id, "kill", sandbox_id, signal_name))
         if code != 0:
             raise errors.Internal(f"could not signal sandbox {sandbox_id}: {_clean(err)}")
 
     async def kill(self, sandbox_id: str) -> None:
-        code, _, err = await _run(*self._cmd("kill", "--all", sandbox_id, "KILL"))
+        code, _, err = await _run(*self._cmd_for(sandbox_id, "kill", "--all", sandbox_id, "KILL"))
         if code != 0:
             state = await self.state(sandbox_id)
             if state is not None and state.status not in ("stopped", "created"):
                 raise errors.Internal(f"could not kill sandbox {sandbox_id}: {_clean(err)}")
 
     async def delete(self, sandbox_id: str) -> None:
-        code, _, err = await _run(*self._cmd("delete", "--force", sandbox_id))
+        code, _, err = await _run(*self._cmd_for(sandbox_id, "delete", "--force", sandbox_id))
         if code != 0 and await self.state(sandbox_id) is not None:
             raise errors.Internal(f"could not delete sandbox {sandbox_id}: {_clean(err)}")
 
     async def state(self, sandbox_id: str) -> RuntimeState | None:
-        code, out, _ = await _run(*self._cmd("state", sandbox_id))
+        code, out, _ = await _run(*self._cmd_for(sandbox_id, "state", sandbox_id))
         if code != 0:
             return None
         data = json.loads(out)
@@ -183,7 +219,12 @@ class OciRuntime:
         if code != 0:
             raise errors.Internal(f"{Path(self._binary).name} list failed: {_clean(err)}")
         entries = json.loads(out or b"[]") or []
-        return {e["id"]: RuntimeState(status=e.get("status", "unknown"), pid=int(e.get("pid") or 0)) for e in entries}
+        states = {e["id"]: RuntimeState(status=e.get("status", "unknown"), pid=int(e.get("pid") or 0)) for e in entries}
+        for sandbox_id in states:
+            # Seen from here, a sandbox in its own namespace looks stopped: ask inside (see _cmd_for).
+            if self.isolation_class == GVISOR and self._netns_of(sandbox_id):
+                states[sandbox_id] = await self.state(sandbox_id) or states[sandbox_id]
+        return states
 
 
 def crun(state_root: Path) -> OciRuntime:
@@ -199,7 +240,7 @@ def runsc(state_root: Path, network: str = "none") -> OciRuntime:
     overlay upper layer on the host, where snapshots and quotas see them.
     """
     flags = ("--host-uds=create", "--overlay2=none", f"--network={network}")
-    return OciRuntime(GVISOR, "runsc", state_root, flags)
+    return OciRuntime(GVISOR, "runsc", state_root, flags, netns_of=sandbox_netns)
 
 
 def node_runtimes(layout_root: Path, network: str = "none") -> dict[str, OciRuntime]:

@@ -33,6 +33,8 @@ from hutch_node_agent.templates import TemplateStore
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("hutch.node_agent")
+# How often a restored sandbox is asked again to reopen its supervisor's listener.
+RELISTEN_RETRY_S = 1.0
 
 # Called a little before a sandbox's timeout fires, with when it fires.
 WarningCallback = Callable[[LocalSandbox, datetime], Awaitable[None]]
@@ -223,13 +225,14 @@ class SandboxManager:
         if source is not None and source.image is not None:
             with _tracer.start_as_current_span("runtime restore"):
                 sandbox.init_pid = await runtime.restore_detached(sandbox.id, paths.dir, paths.log, source.image)
-                await runtime.signal(sandbox.id, RELISTEN_SIGNAL)
+            with _tracer.start_as_current_span("supervisor ready"):
+                await self._wake_restored(sandbox.id, paths, runtime)
         else:
             with _tracer.start_as_current_span("runtime start"):
                 netns = network.netns_path if network is not None else None
                 sandbox.init_pid = await runtime.run_detached(sandbox.id, paths.dir, paths.log, netns)
-        with _tracer.start_as_current_span("supervisor ready"):
-            await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
+            with _tracer.start_as_current_span("supervisor ready"):
+                await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
         sandbox.status = "running"
         sandbox.started_at = datetime.now(UTC)
         if sandbox.request.timeout_seconds:
@@ -305,14 +308,32 @@ class SandboxManager:
         try:
             await runtime.delete(sandbox.id)
             sandbox.init_pid = await runtime.restore_detached(sandbox.id, paths.dir, paths.log, image)
-            await runtime.signal(sandbox.id, RELISTEN_SIGNAL)
-            await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
+            await self._wake_restored(sandbox.id, paths, runtime)
         except BaseException:
             self._spawn(self._ended_during_snapshot(sandbox.id))
             raise
         sandbox.status = "running"
         self._save(sandbox, paths)
         self._watch(sandbox)
+
+    async def _wake_restored(self, sandbox_id: str, paths: SandboxPaths, runtime: OciRuntime) -> None:
+        """Asks a restored supervisor to listen again until it answers.
+
+        The supervisor closed its listener before the checkpoint. A signal that reaches the sandbox
+        while runsc is still bringing its processes back can go unseen, so it is repeated every
+        RELISTEN_RETRY_S (reopening is idempotent) until a ping answers or start_timeout_s passes.
+        """
+        client = SupervisorClient(paths.socket)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.start_timeout_s
+        while True:
+            await runtime.signal(sandbox_id, RELISTEN_SIGNAL)
+            try:
+                await client.wait_ready(min(RELISTEN_RETRY_S, max(deadline - loop.time(), 0.01)))
+                return
+            except errors.Unavailable:
+                if loop.time() >= deadline:
+                    raise
 
     async def _ended_during_snapshot(self, sandbox_id: str) -> None:
         sandbox = self._sandboxes.get(sandbox_id)

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,6 +149,9 @@ class NodeSnapshots:
         self._records: dict[str, SnapshotRecord] = {}
         self._fetching: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._uploads: dict[str, asyncio.Task[None]] = {}
+        # Copies sandboxes are starting from right now, and those to drop once the last one is done.
+        self._leases: Counter[str] = Counter()
+        self._doomed: set[str] = set()
 
     # -- taking ----------------------------------------------------------------------------
 
@@ -248,9 +251,26 @@ class NodeSnapshots:
 
     # -- restoring -------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def lease(self, tenant_id: str, snapshot_id: str, isolation: str) -> AsyncIterator[SnapshotSource]:
+        """The snapshot's source (see `source`), kept on disk until the block ends: a deletion or an
+        eviction meanwhile waits for the sandbox starting from it to have its own copy."""
+        self._leases[snapshot_id] += 1
+        try:
+            yield await self.source(tenant_id, snapshot_id, isolation)
+        finally:
+            self._leases[snapshot_id] -= 1
+            if self._leases[snapshot_id] <= 0:
+                del self._leases[snapshot_id]
+                if snapshot_id in self._doomed:
+                    self._doomed.discard(snapshot_id)
+                    await self.forget(snapshot_id)
+
     async def source(self, tenant_id: str, snapshot_id: str, isolation: str) -> SnapshotSource:
         """Where a sandbox starting from the snapshot starts: the frozen copy on this node, fetched
         from the store first when there is none (one fetch however many sandboxes wait for it)."""
+        if snapshot_id in self._doomed:
+            raise errors.NotFound(f"snapshot {snapshot_id} does not exist")
         async with self._fetching[snapshot_id]:
             record = self._records.get(snapshot_id)
             if record is None or record.tenant_id != tenant_id:
@@ -313,7 +333,11 @@ class NodeSnapshots:
         return list(self._records.values())
 
     async def forget(self, snapshot_id: str) -> None:
-        """Drops the local copy (the snapshot was deleted, or replaced by a newer pause)."""
+        """Drops the local copy (the snapshot was deleted, or replaced by a newer pause); while a
+        sandbox is starting from it, once that start is done."""
+        if self._leases[snapshot_id] > 0:
+            self._doomed.add(snapshot_id)
+            return
         record = self._records.get(snapshot_id)
         if record is not None:
             task = self._uploads.get(snapshot_id)
@@ -329,7 +353,8 @@ class NodeSnapshots:
         for record in sorted(self._records.values(), key=lambda r: r.last_used):
             if total <= self._cache_bytes:
                 return
-            if record.committed and record.id != keep and not self._fetching[record.id].locked():
+            in_use = self._fetching[record.id].locked() or self._leases[record.id] > 0
+            if record.committed and record.id != keep and not in_use:
                 total -= record.logical_bytes
                 await self._discard(record)
 

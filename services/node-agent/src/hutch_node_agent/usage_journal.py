@@ -48,6 +48,9 @@ class SandboxMeter:
     final: bool = False
     # Reports cut but not known to be published: serialized UsageReport messages, hex-encoded.
     unsent: list[str] = field(default_factory=list)
+    # Which start of the sandbox this is ("" the first; ".<snapshot id>" once resumed): a resumed
+    # sandbox's reports count from 1 again and must not share ids with the earlier ones.
+    incarnation: str = ""
 
 
 class UsageJournal:
@@ -72,7 +75,7 @@ class UsageJournal:
             except TypeError as exc:
                 log.error("skipping a malformed usage journal entry (%s)", exc)
                 continue
-            meters[meter.sandbox_id] = meter
+            meters[meter.sandbox_id + meter.incarnation] = meter
         return meters
 
     def save(self, meters: dict[str, SandboxMeter]) -> None:

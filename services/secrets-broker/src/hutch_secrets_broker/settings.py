@@ -23,7 +23,8 @@ class SecretsOptions(BaseModel):
     # gateway holds too. Empty: nothing can resolve a value.
     resolver_token: SecretStr = SecretStr("")
     resolver_host: str = "127.0.0.1"
-    resolver_port: int = Field(default=0, ge=0, le=65535)
+    # 0 picks a free port (tests); the egress-proxy must be told the port, so deployments fix it.
+    resolver_port: int = Field(default=50058, ge=0, le=65535)
     max_value_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
     max_secrets_per_tenant: int = Field(default=1000, ge=1)
     max_grants_per_tenant: int = Field(default=5000, ge=1)

@@ -8,6 +8,9 @@ not installed are skipped, so the table may name services that are still being b
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Mapping
@@ -59,6 +62,8 @@ def _gateway_settings(context: ServiceContext) -> dict[str, str]:
         settings["HUTCH_GATEWAY__BILLING_METER_ADDRESS"] = f"{LOOPBACK}:{context.ports['billing-meter']}"
     if "snapshot-store" in context.ports:
         settings["HUTCH_GATEWAY__SNAPSHOT_STORE_ADDRESS"] = f"{LOOPBACK}:{context.ports['snapshot-store']}"
+    if "secrets-broker" in context.ports:
+        settings["HUTCH_GATEWAY__SECRETS_BROKER_ADDRESS"] = f"{LOOPBACK}:{context.ports['secrets-broker']}"
     return settings
 
 
@@ -72,6 +77,46 @@ def _node_agent_settings(context: ServiceContext) -> dict[str, str]:
     }
     if "snapshot-store" in context.ports:
         settings["HUTCH_NODE__SNAPSHOT_STORE_ADDRESS"] = f"{LOOPBACK}:{context.ports['snapshot-store']}"
+    if "egress-proxy" in context.ports:
+        settings.update(
+            {
+                "HUTCH_NODE__EGRESS_PROXY__TRANSPARENT_PORT": str(context.ports["egress-transparent"]),
+                "HUTCH_NODE__EGRESS_PROXY__DNS_PORT": str(context.ports["egress-dns"]),
+                "HUTCH_NODE__EGRESS_PROXY__API": f"{LOOPBACK}:{context.ports['egress-proxy']}",
+                "HUTCH_NODE__EGRESS_PROXY__CA_FILE": str(_egress_dir(context) / "ca.pem"),
+            }
+        )
+    return settings
+
+
+def _derived(context: ServiceContext, purpose: str) -> str:
+    """A stable secret of this stack for one purpose, derived from its internal token."""
+    return hmac.new(context.secrets.internal_token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def _egress_dir(context: ServiceContext) -> Path:
+    return context.paths.local / "egress"
+
+
+def _secrets_broker_settings(context: ServiceContext) -> dict[str, str]:
+    key = base64.b64encode(bytes.fromhex(_derived(context, "secrets-master-key"))).decode()
+    return {
+        "HUTCH_SECRETS__MASTER_KEYS": f"local:{key}",
+        "HUTCH_SECRETS__RESOLVER_TOKEN": _derived(context, "secrets-resolver-token"),
+        "HUTCH_SECRETS__RESOLVER_PORT": str(context.ports.get("secrets-resolver", 0)),
+    }
+
+
+def _egress_proxy_settings(context: ServiceContext) -> dict[str, str]:
+    settings = {
+        "HUTCH_EGRESS__NODE_ID": context.node_id,
+        "HUTCH_EGRESS__STATE_DIR": str(_egress_dir(context)),
+        "HUTCH_EGRESS__TRANSPARENT_PORT": str(context.ports.get("egress-transparent", 50057)),
+        "HUTCH_EGRESS__DNS_PORT": str(context.ports.get("egress-dns", 50059)),
+    }
+    if "secrets-broker" in context.ports:
+        settings["HUTCH_EGRESS__SECRETS_RESOLVER_ADDRESS"] = f"{LOOPBACK}:{context.ports['secrets-resolver']}"
+        settings["HUTCH_EGRESS__RESOLVER_TOKEN"] = _derived(context, "secrets-resolver-token")
     return settings
 
 
@@ -101,6 +146,23 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("scheduler", "hutch-scheduler", 50052),
     # Snapshot manifests and chunks; node-agents write and restore snapshots through it.
     ServiceSpec("snapshot-store", "hutch-snapshot-store", 50054, _snapshot_store_settings),
+    # Tenant secrets; only the egress-proxy resolves values, on a listener of its own.
+    ServiceSpec(
+        "secrets-broker",
+        "hutch-secrets-broker",
+        50055,
+        _secrets_broker_settings,
+        extra_ports=(("secrets-resolver", 50058),),
+    ),
+    # Every byte sandboxes send out: the node's firewall redirects their TCP and DNS here. Before
+    # the node-agent, whose sandboxes need its CA and its registry.
+    ServiceSpec(
+        "egress-proxy",
+        "hutch-egress-proxy",
+        50056,
+        _egress_proxy_settings,
+        extra_ports=(("egress-transparent", 50057), ("egress-dns", 50059)),
+    ),
     ServiceSpec("node-agent", "hutch-node-agent", 50061, _node_agent_settings),
     # The usage ledger behind the gateway's Usage API.
     ServiceSpec("billing-meter", "hutch-billing-meter", 50053),

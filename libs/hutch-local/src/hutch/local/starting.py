@@ -217,7 +217,9 @@ class Starter:
         for spec in specs:
             script = installed_script(spec)
             assert script is not None
-            env = service_env(spec, context, ports[spec.name])
+            # HUTCH_* settings from the caller's environment are recorded with the stack's own, so
+            # that `hutch local restart` starts a service with the settings it first had.
+            env = {**_caller_settings(), **service_env(spec, context, ports[spec.name])}
             log = self.paths.log(spec.name)
             offsets[spec.name] = log_offset(log)
             self.observer(spec.name, "starting", "")
@@ -310,3 +312,9 @@ def _write_client_config(paths: StackPaths, endpoint: str, api_key: str) -> None
     merged = dict(config) if isinstance(config, dict) else {}
     merged.update(endpoint=endpoint, api_key=api_key)
     write_json_private(paths.config_file, merged)
+
+
+def _caller_settings() -> dict[str, str]:
+    """The HUTCH_* variables of the environment the stack is started from (HUTCH_HOME aside: the
+    stack's own paths decide where it lives)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("HUTCH_") and k != "HUTCH_HOME"}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli import files, local, processes, sandbox, shell, snapshot, template, usage
+from hutch.cli import files, local, network, processes, sandbox, secret, shell, snapshot, template, usage
 from hutch.cli._shared import EXIT_CODES_HELP, error_line, exit_code_for
 from hutch.cli.execute import HELP as EXEC_HELP
 from hutch.cli.execute import exec_command
@@ -45,6 +45,8 @@ def _root(
     """Hutch: a computer for every AI agent."""
 
 
+sandbox.app.command("network")(network.network)
+sandbox.app.command("egress")(network.egress)
 app.add_typer(sandbox.app)
 app.command("exec", help=EXEC_HELP)(exec_command)
 app.command("shell", help=shell.HELP)(shell.shell_command)
@@ -56,6 +58,7 @@ app.add_typer(files.app)
 app.add_typer(template.app)
 app.add_typer(snapshot.app)
 app.add_typer(usage.app)
+app.add_typer(secret.app)
 local.mount(app)
 
 

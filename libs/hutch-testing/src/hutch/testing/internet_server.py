@@ -28,6 +28,9 @@ CHUNK = 256 * 1024
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: with Nagle's algorithm the body would wait for the
+    # client's delayed ACK of the headers (40 ms), and every timing through this server with it.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

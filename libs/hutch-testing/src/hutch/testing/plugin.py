@@ -12,6 +12,7 @@ workspace, and most of them use none of this.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -25,6 +26,7 @@ import pytest
 
 if TYPE_CHECKING:
     from hutch.local.servers import NatsServer, PostgresServer, S3Server
+    from hutch.testing.internet import FakeInternet
     from hutch.testing.local_stack import LocalStack
 
 
@@ -160,13 +162,26 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
 
 
 TEST_STACK_SETTINGS = {"HUTCH_NODE__DISK_QUOTA_MB": "512", "HUTCH_NODE__VOLUME_SIZE_GB": "16"}
+# The /24 of 198.18.0.0/15 the stack's fake internet takes (other labs use other indexes).
+STACK_INTERNET_INDEX = 330
 
 
 @pytest.fixture(scope="session")
-def local_stack(server_tmp_root: Path) -> Iterator[LocalStack]:
+def stack_internet(server_tmp_root: Path) -> Iterator[FakeInternet]:
+    """The fake internet (HTTP, HTTPS, DNS in a network namespace of this machine) behind the local
+    stack's egress-proxy: its DNS answers the proxy's lookups and its CA signs the upstreams."""
+    from hutch.testing.internet import FakeInternet
+
+    with FakeInternet(Path(tempfile.mkdtemp(prefix="internet-", dir=server_tmp_root)), STACK_INTERNET_INDEX) as net:
+        yield net
+
+
+@pytest.fixture(scope="session")
+def local_stack(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator[LocalStack]:
     """The whole platform, detached, in a temporary HUTCH_HOME on free ports; stopped at session end.
 
-    Skips when a service's console script is not installed.
+    Its egress-proxy resolves names with `stack_internet`'s DNS and trusts its CA, so sandboxes reach
+    that fake internet (and nothing else). Skips when a service's console script is not installed.
     """
     from hutch.testing.local_stack import LocalStack, missing_services
 
@@ -175,8 +190,15 @@ def local_stack(server_tmp_root: Path) -> Iterator[LocalStack]:
         pytest.skip(f"the local stack needs services that are not installed: {', '.join(missing)}")
     # Small enough for a test to fill a sandbox's disk quota in a second or two. The services take
     # their settings from the environment they start in.
-    saved = {key: os.environ.get(key) for key in TEST_STACK_SETTINGS}
-    os.environ.update(TEST_STACK_SETTINGS)
+    settings = {
+        **TEST_STACK_SETTINGS,
+        "HUTCH_EGRESS__NAMESERVERS": json.dumps([stack_internet.dns_server]),
+        "HUTCH_EGRESS__UPSTREAM_CA_FILE": str(stack_internet.ca_file),
+        # Egress totals and usage reach the API within a second or two.
+        "HUTCH_EGRESS__REPORT_INTERVAL_S": "1",
+    }
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         stack = LocalStack.start(Path(tempfile.mkdtemp(prefix="hutch-home-", dir=server_tmp_root)))
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from conftest import node_options, running_node
@@ -201,3 +202,15 @@ async def test_dropping_a_snapshot_a_sandbox_is_starting_from_waits_for_that_sta
         await node.manager.create(request(child, "container"), source)
     assert snapshots.get(record.id) is None and not source.frozen_layer.exists()
     assert (await sh(node, child, "cat /root/kept")).strip() == "kept"
+
+
+async def test_a_sleep_is_refused_for_a_sandbox_used_since_it_was_reported_idle(
+    node: Node, snapshots: NodeSnapshots
+) -> None:
+    sandbox_id = new_id()
+    await node.manager.create(replace(request(sandbox_id, "container"), auto_sleep_after_s=60))
+    await sh(node, sandbox_id, "true")  # in use just now
+    with pytest.raises(errors.FailedPrecondition, match="in use again"):
+        await snapshots.take(sandbox_id, purpose="pause", stop=True, only_if_idle=True)
+    assert node.manager.running(sandbox_id).status == "running"
+    assert (await sh(node, sandbox_id, "echo still up")).strip() == "still up"

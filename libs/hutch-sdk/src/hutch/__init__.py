@@ -46,6 +46,7 @@ from hutch.models import (
     SnapshotUsage,
 )
 from hutch.network import EgressDestination, EgressReport, NetworkPolicy
+from hutch.nodes import AsyncNodes, NodeInfo, Nodes
 from hutch.pty import AsyncPty, AsyncPtyHandle, DataHandler, Pty, PtyHandle
 from hutch.sandbox import AsyncSandbox, Sandbox
 from hutch.secrets import AsyncSecret, Secret, SecretGrant, SecretInfo, SecretUse
@@ -58,6 +59,7 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncCommandHandle",
     "AsyncCommands",
+    "AsyncNodes",
     "AsyncFiles",
     "AsyncPty",
     "AsyncPtyHandle",
@@ -93,6 +95,8 @@ __all__ = [
     "HutchError",
     "InternalError",
     "InvalidArgumentError",
+    "NodeInfo",
+    "Nodes",
     "NotFoundError",
     "OutputHandler",
     "PermissionDeniedError",

@@ -108,6 +108,7 @@ def create_request(
     isolation: str = "auto",
     trust: str | None = None,
     snapshot: str | None = None,
+    auto_sleep_after: float | None = None,
 ) -> sandbox_pb2.CreateSandboxRequest:
     """Builds the request `Sandbox.create` sends; see there for the arguments.
 
@@ -125,7 +126,23 @@ def create_request(
         isolation=isolation,
         trust=trust or "",
         snapshot=snapshot or "",
+        auto_sleep_after_seconds=idle_seconds(auto_sleep_after),
     )
+
+
+def idle_seconds(seconds: float | None) -> int:
+    """Converts an idle policy in seconds (None or 0: never sleep) to the request's field.
+
+    Raises:
+        InvalidArgumentError: seconds is negative or not finite.
+    """
+    if not seconds:
+        return 0
+    if seconds < 0 or not math.isfinite(seconds) or math.ceil(seconds) > _UINT32_MAX:
+        raise InvalidArgumentError(
+            f"auto_sleep_after must be a positive number of seconds, or None to never sleep, not {seconds!r}"
+        )
+    return math.ceil(seconds)
 
 
 def describe_command(cmd: str | Sequence[str]) -> str:

@@ -106,6 +106,8 @@ class SandboxInfo:
         source_snapshot: The snapshot it was created from (for a fork's child, the fork's), or None.
         forked_from: For a fork's child, the id of the sandbox it was forked from; else None.
         paused_snapshot: While paused, the snapshot that holds its state; else None.
+        auto_sleep_after: Idle seconds after which it goes to sleep, or None (never).
+        asleep: Paused because it was idle: any request to it wakes it.
     """
 
     id: str
@@ -127,6 +129,8 @@ class SandboxInfo:
     source_snapshot: str | None = None
     forked_from: str | None = None
     paused_snapshot: str | None = None
+    auto_sleep_after: int | None = None
+    asleep: bool = False
 
     @classmethod
     def from_proto(cls, message: sandbox_pb2.Sandbox) -> SandboxInfo:
@@ -151,6 +155,8 @@ class SandboxInfo:
             source_snapshot=message.source_snapshot or None,
             forked_from=message.forked_from or None,
             paused_snapshot=message.paused_snapshot or None,
+            auto_sleep_after=message.auto_sleep_after_seconds or None,
+            asleep=message.asleep,
         )
 
 

@@ -63,6 +63,20 @@ async def _set_timeout(connection: Connection, sandbox: str, seconds: float | No
     return SandboxInfo.from_proto(message)
 
 
+async def _resize(connection: Connection, sandbox: str, cpu: float | None, memory_mb: int | None) -> SandboxInfo:
+    if cpu is None and memory_mb is None:
+        raise InvalidArgumentError("resize needs a new cpu or memory_mb (or both)")
+    if (cpu is not None and not cpu > 0) or (memory_mb is not None and memory_mb <= 0):
+        raise InvalidArgumentError("cpu and memory_mb must be positive")
+    resources = sandbox_pb2.Resources(cpu_millis=round(cpu * 1000) if cpu is not None else 0, memory_mb=memory_mb or 0)
+    message = await connection.unary(
+        f"resize sandbox {sandbox}",
+        connection.sandboxes.Resize,
+        sandbox_pb2.ResizeSandboxRequest(sandbox=sandbox, resources=resources),
+    )
+    return SandboxInfo.from_proto(message)
+
+
 async def _preview(connection: Connection, sandbox: str, port: int, expires_in: float) -> sandbox_pb2.PreviewUrl:
     if not isinstance(expires_in, int | float) or not 0 < expires_in < 2**32:
         raise InvalidArgumentError(f"expires_in must be a positive number of seconds, not {expires_in!r}")
@@ -239,6 +253,7 @@ class AsyncSandbox:
         trust: str | None = None,
         snapshot: str | None = None,
         network: NetworkSpec | None = None,
+        auto_sleep_after: float | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -263,6 +278,9 @@ class AsyncSandbox:
                 are the snapshot's; its environment variables too, unless `envs` overrides them.
             network: What the sandbox may reach, e.g. {"allow": ["api.github.com", "*.pypi.org"]};
                 None reaches nothing (see `hutch.network` for the entries and `update_network`).
+            auto_sleep_after: Put the sandbox to sleep after this many seconds with no call, no open
+                terminal, stream or preview connection and almost no CPU: its memory (gVisor) and
+                files are kept and its CPU and memory freed; the next request wakes it. None: never.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -293,6 +311,7 @@ class AsyncSandbox:
             isolation=isolation,
             trust=trust,
             snapshot=snapshot,
+            auto_sleep_after=auto_sleep_after,
         )
         request.network.CopyFrom(policy_message(network))
         source = f"snapshot {snapshot!r}" if snapshot else f"template {template or 'base'!r}"
@@ -465,6 +484,27 @@ class AsyncSandbox:
             HutchError: Another failure; the subclass says which.
         """
         return await _set_timeout(self._connection, self.id, timeout)
+
+    async def resize(self, cpu: float | None = None, memory_mb: int | None = None) -> SandboxInfo:
+        """Changes the sandbox's CPU and memory while it runs, without restarting anything.
+
+        Either class (container or gVisor) is resized in place; its processes keep running. The new
+        size is what it is billed for from now on, and pauses and resumes keep it.
+
+        Args:
+            cpu: vCPUs it may use from now on, e.g. 0.5 or 2; None keeps the current value.
+            memory_mb: Memory it may use from now on, in MiB; None keeps the current value.
+
+        Returns:
+            The sandbox as it is now, with its new size.
+
+        Raises:
+            InvalidArgumentError: Neither is given, or a value is outside the allowed bounds.
+            ResourceExhaustedError: Its node has no room for the growth.
+            SandboxError: It is not running, or the new memory is below what it uses now.
+            HutchError: Another failure; the subclass says which.
+        """
+        return await _resize(self._connection, self.id, cpu, memory_mb)
 
     async def get_preview_url(self, port: int, expires_in: float = 3600) -> str:
         """A URL that reaches a port inside the sandbox from outside, through the preview edge.
@@ -745,6 +785,7 @@ class Sandbox:
         trust: str | None = None,
         snapshot: str | None = None,
         network: NetworkSpec | None = None,
+        auto_sleep_after: float | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -769,6 +810,9 @@ class Sandbox:
                 are the snapshot's; its environment variables too, unless `envs` overrides them.
             network: What the sandbox may reach, e.g. {"allow": ["api.github.com", "*.pypi.org"]};
                 None reaches nothing (see `hutch.network` for the entries and `update_network`).
+            auto_sleep_after: Put the sandbox to sleep after this many seconds with no call, no open
+                terminal, stream or preview connection and almost no CPU: its memory (gVisor) and
+                files are kept and its CPU and memory freed; the next request wakes it. None: never.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -802,6 +846,7 @@ class Sandbox:
                     trust=trust,
                     snapshot=snapshot,
                     network=network,
+                    auto_sleep_after=auto_sleep_after,
                     api_key=api_key,
                     endpoint=endpoint,
                     request_timeout=request_timeout,
@@ -957,6 +1002,27 @@ class Sandbox:
             HutchError: Another failure; the subclass says which.
         """
         return PORTAL.run(self._async.set_timeout(timeout))
+
+    def resize(self, cpu: float | None = None, memory_mb: int | None = None) -> SandboxInfo:
+        """Changes the sandbox's CPU and memory while it runs, without restarting anything.
+
+        Either class (container or gVisor) is resized in place; its processes keep running. The new
+        size is what it is billed for from now on, and pauses and resumes keep it.
+
+        Args:
+            cpu: vCPUs it may use from now on, e.g. 0.5 or 2; None keeps the current value.
+            memory_mb: Memory it may use from now on, in MiB; None keeps the current value.
+
+        Returns:
+            The sandbox as it is now, with its new size.
+
+        Raises:
+            InvalidArgumentError: Neither is given, or a value is outside the allowed bounds.
+            ResourceExhaustedError: Its node has no room for the growth.
+            SandboxError: It is not running, or the new memory is below what it uses now.
+            HutchError: Another failure; the subclass says which.
+        """
+        return PORTAL.run(self._async.resize(cpu, memory_mb))
 
     def get_preview_url(self, port: int, expires_in: float = 3600) -> str:
         """A URL that reaches a port inside the sandbox from outside, through the preview edge.

@@ -12,6 +12,7 @@ from hutch.core.nodes import NodeDirectory
 from hutch.v1 import (
     files_pb2_grpc,
     network_pb2_grpc,
+    nodes_pb2_grpc,
     process_pb2_grpc,
     sandbox_pb2_grpc,
     secrets_pb2_grpc,
@@ -19,11 +20,12 @@ from hutch.v1 import (
     templates_pb2_grpc,
     usage_pb2_grpc,
 )
-from hutch_gateway import egress_projection, store, tenants
+from hutch_gateway import egress_projection, sleep, store, tenants
 from hutch_gateway.auth import Authenticator
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits
+from hutch_gateway.fleet import NodesServicer
 from hutch_gateway.grpc_api import (
     FilesServicer,
     ProcessesServicer,
@@ -38,6 +40,7 @@ from hutch_gateway.node_snapshots import NodeSnapshotCalls
 from hutch_gateway.preview import PreviewSite, derive_secret
 from hutch_gateway.preview_edge import PreviewEdge
 from hutch_gateway.projection import SandboxProjection
+from hutch_gateway.resize import SandboxResizer
 from hutch_gateway.sandbox_snapshots import SandboxSnapshots
 from hutch_gateway.secrets_proxy import BrokerChannel, SecretsProxy
 from hutch_gateway.service import SandboxService
@@ -88,6 +91,7 @@ async def run(settings: GatewaySettings) -> None:
             sandbox_snapshots = SandboxSnapshots(
                 pool, relay, feed, service, node_snapshots, snapshot_store, janitor, options, region
             )
+            service.wake_with(sandbox_snapshots.resume)
             catalog = SnapshotCatalog(pool, snapshot_store, service, janitor)
             auth = Authenticator(lambda digest: store.tenant_for_key_hash(pool, digest), options.api_key_cache_s)
             limits = Limits(options.max_cpu_millis, options.max_memory_mb)
@@ -105,8 +109,19 @@ async def run(settings: GatewaySettings) -> None:
                 [
                     (
                         sandbox_pb2_grpc.add_SandboxesServicer_to_server,
-                        SandboxesServicer(auth, service, limits, sandbox_snapshots),
+                        SandboxesServicer(
+                            auth,
+                            service,
+                            limits,
+                            sandbox_snapshots,
+                            SandboxResizer(pool, relay, service, nodes, channels, region),
+                        ),
                         "hutch.v1.Sandboxes",
+                    ),
+                    (
+                        nodes_pb2_grpc.add_NodesServicer_to_server,
+                        NodesServicer(auth, pool, nodes, region),
+                        "hutch.v1.Nodes",
                     ),
                     (
                         process_pb2_grpc.add_ProcessesServicer_to_server,
@@ -166,6 +181,7 @@ async def run(settings: GatewaySettings) -> None:
                     bus.consume(projection, SandboxProjection(pool, relay, region, janitor), shutdown),
                     bus.consume(egress_projection.consumer(region), egress_projection.EgressProjection(pool), shutdown),
                     egress_projection.prune(pool, region, shutdown),
+                    bus.consume(sleep.consumer(region), sleep.SleepConsumer(sandbox_snapshots), shutdown),
                 )
             finally:
                 if edge is not None:

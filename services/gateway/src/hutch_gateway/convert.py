@@ -52,6 +52,8 @@ def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
         forked_from=record.forked_from,
         # Only while the snapshot holds it: after a resume the sandbox is its own again.
         paused_snapshot=record.paused_snapshot if record.state == State.PAUSED or record.resuming else "",
+        auto_sleep_after_seconds=record.auto_sleep_after_s,
+        asleep=record.asleep and record.state == State.PAUSED,
     )
 
 

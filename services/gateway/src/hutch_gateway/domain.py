@@ -17,6 +17,9 @@ DEFAULT_MEMORY_MB = 512
 MIN_CPU_MILLIS = 100
 MIN_MEMORY_MB = 64
 MAX_TIMEOUT_S = 365 * 24 * 3600
+# Idle policies: from a couple of seconds (tests, short bursts) to a week.
+MIN_AUTO_SLEEP_S = 2
+MAX_AUTO_SLEEP_S = 7 * 24 * 3600
 MAX_METADATA = 64
 MAX_ENVS = 512
 MAX_ENV_BYTES = 256 * 1024
@@ -70,6 +73,8 @@ class CreateRequest:
     snapshot: str = ""
     # What it may reach: normalized "allow", "deny" and "passthrough" lists (network_rules); empty: nothing.
     network: dict[str, list[str]] = field(default_factory=dict)
+    # Idle seconds before it goes to sleep; 0: never.
+    auto_sleep_after_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class SandboxRecord:
     timeout_left_s: int | None = None
     envs: dict[str, str] = field(default_factory=dict)
     network: dict[str, list[str]] = field(default_factory=dict)
+    auto_sleep_after_s: int = 0
+    # PAUSED by its idle policy rather than a pause call: any request wakes it (migration 0008).
+    asleep: bool = False
 
     @property
     def resuming(self) -> bool:
@@ -127,6 +135,7 @@ def restart_request(record: SandboxRecord) -> CreateRequest:
         timeout_seconds=record.timeout_seconds,
         isolation=record.isolation,
         network={key: list(values) for key, values in record.network.items()},
+        auto_sleep_after_s=record.auto_sleep_after_s,
     )
 
 
@@ -150,6 +159,7 @@ def validate_create(
     trust: str = "",
     snapshot: str = "",
     network: dict[str, list[str]] | None = None,
+    auto_sleep_after_s: int = 0,
 ) -> CreateRequest:
     """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field.
 
@@ -171,6 +181,7 @@ def validate_create(
         raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
     check_metadata(metadata)
     _check_envs(envs)
+    check_auto_sleep(auto_sleep_after_s)
     checked = check_network(**(network or {}))
     return CreateRequest(
         template,
@@ -184,7 +195,16 @@ def validate_create(
         trust,
         snapshot,
         network=checked,
+        auto_sleep_after_s=auto_sleep_after_s,
     )
+
+
+def check_auto_sleep(seconds: int) -> None:
+    if seconds and not MIN_AUTO_SLEEP_S <= seconds <= MAX_AUTO_SLEEP_S:
+        raise errors.InvalidArgument(
+            f"auto_sleep_after must be between {MIN_AUTO_SLEEP_S} and {MAX_AUTO_SLEEP_S} seconds, or 0 for never "
+            f"(got {seconds})"
+        )
 
 
 def check_resources(cpu_millis: int, memory_mb: int, limits: Limits) -> None:

@@ -31,6 +31,7 @@ def requested(
         snapshot_id=record.incarnation,
         prefer_node=prefer_node,
         network=network_pb2.NetworkPolicy(**request.network),
+        auto_sleep_after_seconds=record.auto_sleep_after_s,
     )
     return Envelope(
         kind=events.SANDBOX_REQUESTED,

@@ -37,6 +37,8 @@ from hutch_gateway.auth import Authenticator, key_from_metadata
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits, validate_create
 from hutch_gateway.network_rules import network_lists
+from hutch_gateway.resize import SandboxResizer
+from hutch_gateway.resize_rules import validate_resize
 from hutch_gateway.sandbox_snapshots import SandboxSnapshots
 from hutch_gateway.service import SandboxService
 from hutch_gateway.snapshot_catalog import SnapshotCatalog, describe
@@ -56,9 +58,15 @@ class _Authenticated:
 
 class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
     def __init__(
-        self, auth: Authenticator, service: SandboxService, limits: Limits, snapshots: SandboxSnapshots
+        self,
+        auth: Authenticator,
+        service: SandboxService,
+        limits: Limits,
+        snapshots: SandboxSnapshots,
+        resizer: SandboxResizer | None = None,
     ) -> None:
         super().__init__(auth)
+        self._resizer = resizer
         self._service = service
         self._limits = limits
         self._snapshots = snapshots
@@ -78,6 +86,7 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             trust=request.trust,
             snapshot=request.snapshot,
             network=network_lists(request.network),
+            auto_sleep_after_s=request.auto_sleep_after_seconds,
         )
         return convert.sandbox(await self._service.create(tenant, create))
 
@@ -143,6 +152,13 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
         return sandbox_pb2.ForkSandboxResponse(
             sandboxes=[convert.sandbox(child) for child in children], snapshot_id=snapshot_id
         )
+
+    async def Resize(self, request: sandbox_pb2.ResizeSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = await self._tenant(context)
+        wanted = validate_resize(request.resources.cpu_millis, request.resources.memory_mb, self._limits)
+        if self._resizer is None:
+            raise errors.Unavailable("live resizing is not set up here")
+        return convert.sandbox(await self._resizer.resize(tenant, request.sandbox, wanted))
 
 
 class SnapshotsServicer(_Authenticated, snapshot_pb2_grpc.SnapshotsServicer):

@@ -48,6 +48,8 @@ class SnapshotRequest:
     stop: bool = False
     # Answer once the store holds it, not as soon as the node's own copy exists.
     wait_stored: bool = False
+    # A sleep: only if the sandbox has stayed idle since its node reported it (else FailedPrecondition).
+    only_if_idle: bool = False
 
 
 class NodeSnapshotCalls:
@@ -64,6 +66,7 @@ class NodeSnapshotCalls:
             stop=request.stop,
             wait_stored=request.wait_stored,
             labels=request.labels,
+            only_if_idle=request.only_if_idle,
         )
         try:
             response = await self._channels.stub(node.address).Snapshot(

@@ -23,7 +23,9 @@ from dataclasses import replace
 import asyncpg
 
 from hutch.core import errors, events, outbox
+from hutch.core.nodes import NodeInfo
 from hutch.core.outbox import OutboxRelay
+from hutch.events.v1 import sandbox_pb2 as ev
 from hutch.internal.v1 import snapshot_store_pb2
 from hutch_gateway import events_out, store, templates
 from hutch_gateway.changes import ChangeFeed
@@ -87,8 +89,31 @@ class SandboxSnapshots:
         if pause_step(record) is Step.DONE:
             return record
         record, node = await self._sandboxes.running(tenant_id, record.id)
+        return await self._pause(record, node, asleep=False)
+
+    async def sleep(self, idle: ev.SandboxIdle) -> SandboxRecord | None:
+        """Puts a sandbox its node reported idle to sleep: a pause that any request undoes. Nothing
+        happens when it is no longer that incarnation running there, or was used meanwhile."""
+        record = await self._sandboxes.reread(idle.sandbox_id)
+        if (
+            record.state != State.RUNNING
+            or not record.auto_sleep_after_s
+            or record.node_id != idle.node_id
+            or record.incarnation != idle.incarnation
+        ):
+            return None
+        node = self._sandboxes.node(record)
         try:
-            taken = await self._node_calls.take(node, record.id, SnapshotRequest("pause", stop=True))
+            return await self._pause(record, node, asleep=True)
+        except errors.FailedPrecondition as exc:
+            log.info("sandbox %s stays awake: %s", record.id, exc.message)
+            return None
+
+    async def _pause(self, record: SandboxRecord, node: NodeInfo, *, asleep: bool) -> SandboxRecord:
+        tenant_id = record.tenant_id
+        try:
+            request = SnapshotRequest("pause", stop=True, only_if_idle=asleep)
+            taken = await self._node_calls.take(node, record.id, request)
         except errors.HutchError:
             now = await self._sandboxes.get(tenant_id, record.id)
             if now.state == State.PAUSED:
@@ -96,7 +121,7 @@ class SandboxSnapshots:
             raise
         async with self._db.acquire() as conn, conn.transaction():
             before = await store.lock(conn, record.id)
-            paused = await store.mark_paused(conn, record.id, taken.snapshot_id)
+            paused = await store.mark_paused(conn, record.id, taken.snapshot_id, asleep=asleep)
             if paused is not None:
                 await outbox.stage(
                     conn,
@@ -111,7 +136,7 @@ class SandboxSnapshots:
             raise errors.FailedPrecondition(f"sandbox {record.id} was {now.state.value} before its pause completed")
         if before is not None and before.paused_snapshot and before.paused_snapshot != taken.snapshot_id:
             self._janitor.forget(tenant_id, before.paused_snapshot)  # the previous pause's, replaced now
-        log.info("sandbox %s paused in %s", record.id, taken.snapshot_id)
+        log.info("sandbox %s %s in %s", record.id, "went to sleep" if asleep else "paused", taken.snapshot_id)
         return paused
 
     async def resume(self, tenant_id: str, ref: str) -> SandboxRecord:

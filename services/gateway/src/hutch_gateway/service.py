@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +37,9 @@ from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
 from hutch_gateway.snapshot_rules import not_running, parse_spec, restore_request
 from hutch_gateway.snapshot_store import SnapshotStoreChannel
+
+# Resumes a sleeping sandbox and returns it once it runs: (tenant id, sandbox id) -> record.
+Waker = Callable[[str, str], Awaitable[SandboxRecord]]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ class SandboxService:
         self._region = region
         self._routes = RouteCache()
         feed.on_change(self._routes.forget)
+        self._wake: Waker | None = None
 
     async def create(self, tenant_id: str, request: CreateRequest) -> SandboxRecord:
         restore = await self._restore(tenant_id, request) if request.snapshot else None
@@ -252,19 +257,34 @@ class SandboxService:
         record = await self.get(tenant_id, ref)
         return await store.set_port_visibility(self._db, record.id, port, public)
 
+    def wake_with(self, wake: Waker) -> None:
+        """How a sleeping sandbox is woken (a resume) when a data-plane call asks for it."""
+        self._wake = wake
+
     async def running(self, tenant_id: str, ref: str) -> tuple[SandboxRecord, NodeInfo]:
-        """The sandbox and its node, for data-plane calls; refuses sandboxes that do not run."""
+        """The sandbox and its node, for data-plane calls; refuses sandboxes that do not run.
+
+        A sandbox that went to sleep is woken first, and the call goes on once it runs: concurrent
+        calls wait for the same wake (see SandboxSnapshots.resume).
+        """
         record = self._routes.get(tenant_id, ref)
         if record is None:
             record = await self.get(tenant_id, ref)
+            waking = (record.state == State.PAUSED and record.asleep) or record.resuming
+            if waking and self._wake is not None:
+                record = await self._wake(tenant_id, record.id)
             if record.state == State.RUNNING:
                 self._routes.put(tenant_id, ref, record)
         if record.state != State.RUNNING or not record.node_id:
             raise not_running(record)
-        node = self._nodes.get(record.node_id)
+        return record, self.node(record)
+
+    def node(self, record: SandboxRecord) -> NodeInfo:
+        """The live node a running sandbox is on."""
+        node = self._nodes.get(record.node_id) if record.node_id else None
         if node is None or not self._nodes.is_alive(node):
             raise errors.Unavailable(f"node {record.node_id}, which runs sandbox {record.id}, is not answering")
-        return record, node
+        return node
 
     async def reread(self, sandbox_id: str) -> SandboxRecord:
         record = await store.get(self._db, sandbox_id)

@@ -23,7 +23,8 @@ CHANNEL = "hutch_sandbox"
 _COLUMNS = (
     "id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, timeout_seconds, region, "
     "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation, expires_at, public_ports, "
-    "source_snapshot, forked_from, paused_snapshot, paused_node, incarnation, timeout_left_s, envs, network"
+    "source_snapshot, forked_from, paused_snapshot, paused_node, incarnation, timeout_left_s, envs, network, "
+    "auto_sleep_after_s, asleep"
 )
 
 
@@ -60,6 +61,8 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         timeout_left_s=row["timeout_left_s"],
         envs=_json_object(row["envs"]),
         network=lists_from(row["network"]),
+        auto_sleep_after_s=row["auto_sleep_after_s"],
+        asleep=row["asleep"],
     )
 
 
@@ -143,9 +146,10 @@ async def insert_sandbox(
     try:
         row = await conn.fetchrow(
             f"INSERT INTO sandboxes (id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, "
-            f"timeout_seconds, region, isolation, envs, source_snapshot, forked_from, incarnation, network) "
+            f"timeout_seconds, region, isolation, envs, source_snapshot, forked_from, incarnation, network, "
+            f"auto_sleep_after_s) "
             f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10, $11::jsonb, $12, $13, $12, "
-            f"$14::jsonb) "
+            f"$14::jsonb, $15) "
             f"RETURNING {_COLUMNS}",
             sandbox_id,
             tenant_id,
@@ -161,6 +165,7 @@ async def insert_sandbox(
             source_snapshot,
             forked_from,
             json.dumps(request.network),
+            request.auto_sleep_after_s,
         )
     except asyncpg.UniqueViolationError:
         raise errors.AlreadyExists(
@@ -347,11 +352,15 @@ async def mark_started(
     return _record(row)
 
 
-async def mark_paused(conn: asyncpg.Connection, sandbox_id: str, snapshot_id: str) -> SandboxRecord | None:
-    """RUNNING -> PAUSED, held by `snapshot_id`; what is left of its timeout is kept for the resume."""
+async def mark_paused(
+    conn: asyncpg.Connection, sandbox_id: str, snapshot_id: str, *, asleep: bool = False
+) -> SandboxRecord | None:
+    """RUNNING -> PAUSED, held by `snapshot_id`; what is left of its timeout is kept for the resume.
+    `asleep`: paused by its idle policy, so that a request wakes it."""
     row = await conn.fetchrow(
         f"""UPDATE sandboxes SET
                state = 'paused',
+               asleep = $3,
                paused_snapshot = $2,
                paused_node = node_id,
                timeout_left_s = CASE
@@ -362,6 +371,7 @@ async def mark_paused(conn: asyncpg.Connection, sandbox_id: str, snapshot_id: st
            RETURNING {_COLUMNS}""",
         sandbox_id,
         snapshot_id,
+        asleep,
     )
     if row is None:
         return None
@@ -374,6 +384,7 @@ async def mark_resuming(conn: asyncpg.Connection, sandbox_id: str) -> SandboxRec
     row = await conn.fetchrow(
         f"""UPDATE sandboxes SET
                state = 'pending',
+               asleep = false,
                incarnation = paused_snapshot,
                node_id = NULL,
                error_code = '',
@@ -430,3 +441,25 @@ async def set_network(conn: asyncpg.Connection, sandbox_id: str, network: dict[s
         return None
     await notify(conn, sandbox_id)
     return _record(row)
+
+
+async def set_resources(conn: asyncpg.Connection, sandbox_id: str, cpu_millis: int, memory_mb: int) -> SandboxRecord:
+    """A running sandbox's new size (a live resize)."""
+    row = await conn.fetchrow(
+        f"UPDATE sandboxes SET cpu_millis = $2, memory_mb = $3 WHERE id = $1 RETURNING {_COLUMNS}",
+        sandbox_id,
+        cpu_millis,
+        memory_mb,
+    )
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def own_sandboxes_by_node(db: asyncpg.Pool, tenant_id: str) -> dict[str, list[str]]:
+    """The ids of the tenant's running sandboxes on each node."""
+    rows = await db.fetch(
+        "SELECT node_id, array_agg(id ORDER BY id) AS ids FROM sandboxes WHERE tenant_id = $1 "
+        "AND state = 'running' AND node_id IS NOT NULL GROUP BY node_id",
+        tenant_id,
+    )
+    return {row["node_id"]: list(row["ids"]) for row in rows}

@@ -12,11 +12,13 @@ from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.internal.v1 import node_agent_pb2_grpc
 from hutch_node_agent import egress_registrar
-from hutch_node_agent.domain import LocalSandbox
+from hutch_node_agent.cgroup_stats import CgroupStats
+from hutch_node_agent.domain import LocalSandbox, SandboxRequest
 from hutch_node_agent.events_out import NodeEvents
 from hutch_node_agent.grpc_api import NodeAgentServicer
 from hutch_node_agent.handlers import CommandHandler
 from hutch_node_agent.heartbeat import Heartbeat
+from hutch_node_agent.idle_watcher import IdleWatcher
 from hutch_node_agent.metering import Metering
 from hutch_node_agent.node import assemble
 from hutch_node_agent.settings import NodeAgentSettings
@@ -52,12 +54,18 @@ async def run(settings: NodeAgentSettings) -> None:
                     options.root_dir / "chunk-cache",
                     int(options.chunk_cache_gb * 2**30),
                 )
+
+            async def on_resized(sandbox: LocalSandbox, previous: SandboxRequest) -> None:
+                await metering.resized(sandbox, previous)
+                changed.set()  # placement sees the new allocation with the next heartbeat, at once
+
             node = await assemble(
                 options,
                 on_stopped,
                 node_events.timeout_warning,
                 on_releasing=metering.release,
                 snapshot_store=store_link,
+                on_resized=on_resized,
             )
             for ended in await node.manager.recover():
                 await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
@@ -87,6 +95,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 filter_subjects=(node_command_subject(settings.region, options.id),),
                 max_in_flight=16,
             )
+            idle = IdleWatcher(node.manager.activity, CgroupStats(options.cgroup_parent), node_events.idle)
             handler = CommandHandler(node.manager, node.snapshots, node_events, changed, registrar)
             log.info("node-agent %s serving on %s (region %s)", options.id, address, settings.region)
             try:
@@ -95,6 +104,7 @@ async def run(settings: NodeAgentSettings) -> None:
                     heartbeat.run(shutdown),
                     bus.consume(commands, handler, shutdown),
                     metering.run(node.manager, shutdown),
+                    idle.run(node.manager.all, shutdown),
                     *([registrar.run(shutdown)] if registrar is not None else []),
                 )
             finally:

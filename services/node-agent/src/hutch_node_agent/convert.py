@@ -37,6 +37,7 @@ def request_from_spec(spec: ev.SandboxSpec) -> SandboxRequest:
             "deny": list(spec.network.deny),
             "passthrough": list(spec.network.passthrough),
         },
+        auto_sleep_after_s=spec.auto_sleep_after_seconds,
     )
 
 

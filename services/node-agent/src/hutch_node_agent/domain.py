@@ -44,6 +44,8 @@ class SandboxRequest:
     # What it may reach, as its node's egress-proxy enforces it: {"allow": [...], "deny": [...],
     # "passthrough": [...]}; empty: nothing.
     network: dict[str, list[str]] = field(default_factory=dict)
+    # Report it idle (sandbox.idle) after this many seconds unused; 0: never.
+    auto_sleep_after_s: int = 0
 
     @property
     def incarnation(self) -> str:

@@ -65,6 +65,21 @@ class NodeEvents:
         )
         await self._publish(events.SANDBOX_STOPPED, f"{sandbox_id}.stopped", tenant_id, sandbox_id, payload)
 
+    async def idle(self, sandbox: LocalSandbox, idle_since: datetime) -> None:
+        payload = ev.SandboxIdle(
+            sandbox_id=sandbox.id,
+            node_id=self._node_id,
+            incarnation=sandbox.request.snapshot_id,
+            idle_since=_timestamp(idle_since),
+        )
+        await self._publish(
+            events.SANDBOX_IDLE,
+            f"{sandbox.id}.idle{sandbox.request.incarnation}.{int(idle_since.timestamp())}",
+            sandbox.request.tenant_id,
+            sandbox.id,
+            payload,
+        )
+
     async def timeout_warning(self, sandbox: LocalSandbox, fires_at: datetime) -> None:
         payload = ev.SandboxTimeoutWarning(sandbox_id=sandbox.id, fires_at=_timestamp(fires_at))
         await self._publish(

@@ -12,6 +12,7 @@ from hutch.core.grpc_runtime import Context
 from hutch.internal.v1 import node_agent_pb2, node_agent_pb2_grpc
 from hutch_node_agent.files_api import FileCalls
 from hutch_node_agent.process_api import ProcessCalls
+from hutch_node_agent.resize_api import ResizeCalls
 from hutch_node_agent.sandboxes import SandboxManager
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.snapshot_api import SnapshotCalls
@@ -22,7 +23,13 @@ from hutch_node_agent.tunnel_api import TunnelCalls
 
 
 class NodeAgentServicer(
-    ProcessCalls, FileCalls, TunnelCalls, TemplateCalls, SnapshotCalls, node_agent_pb2_grpc.NodeAgentServicer
+    ProcessCalls,
+    FileCalls,
+    TunnelCalls,
+    TemplateCalls,
+    SnapshotCalls,
+    ResizeCalls,
+    node_agent_pb2_grpc.NodeAgentServicer,
 ):
     def __init__(
         self,

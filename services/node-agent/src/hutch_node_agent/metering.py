@@ -29,7 +29,7 @@ from hutch.core import events
 from hutch.core.bus import Bus
 from hutch.events.v1 import usage_pb2
 from hutch_node_agent.cgroup_stats import CgroupStats, Counters
-from hutch_node_agent.domain import LocalSandbox
+from hutch_node_agent.domain import LocalSandbox, SandboxRequest
 from hutch_node_agent.sandboxes import SandboxManager
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.usage_journal import SandboxMeter, UsageJournal
@@ -224,6 +224,32 @@ class Metering:
         except Exception:
             log.exception("could not take the final usage sample of %s", sandbox.id)
         self._wake.set()
+
+    async def resized(self, sandbox: LocalSandbox, previous: SandboxRequest) -> None:
+        """Ends the current window at the resize (SandboxManager's on_resized hook): what came before
+        is billed at the old size, what follows at the new one. Never raises."""
+        try:
+            self._resized(sandbox, previous)
+        except Exception:
+            log.exception("could not switch the metered size of %s", sandbox.id)
+        self._wake.set()
+
+    def _resized(self, sandbox: LocalSandbox, previous: SandboxRequest) -> None:
+        now_ns = self._clock()
+        key = meter_key(sandbox)
+        meter = self._meters.get(key)
+        if meter is None:
+            meter = self._meters[key] = new_meter(sandbox, now_ns)
+            meter.cpu_millis, meter.memory_mb = previous.cpu_millis, previous.memory_mb
+        if meter.final:
+            return
+        counters = self._stats.read(sandbox.id)
+        if counters is not None:
+            observe(meter, counters, now_ns)
+        cut(meter, counters, now_ns, self._source, final=False)
+        meter.cpu_millis = sandbox.request.cpu_millis
+        meter.memory_mb = sandbox.request.memory_mb
+        self._journal.save(self._meters)
 
     def _release(self, sandbox: LocalSandbox) -> None:
         now_ns = self._clock()

@@ -14,7 +14,13 @@ from hutch_node_agent.layout import NodeLayout
 from hutch_node_agent.network import SandboxNetworks
 from hutch_node_agent.quota import DiskQuotas
 from hutch_node_agent.runtime import OciRuntime, node_runtimes
-from hutch_node_agent.sandboxes import ReleasingCallback, SandboxManager, StoppedCallback, WarningCallback
+from hutch_node_agent.sandboxes import (
+    ReleasingCallback,
+    ResizedCallback,
+    SandboxManager,
+    StoppedCallback,
+    WarningCallback,
+)
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.snapshots import NodeSnapshots, SnapshotStoreLink
 from hutch_node_agent.supervisor.bundle import build_runtime
@@ -54,6 +60,7 @@ async def assemble(
     on_timeout_warning: WarningCallback | None = None,
     on_releasing: ReleasingCallback | None = None,
     snapshot_store: SnapshotStoreLink | None = None,
+    on_resized: ResizedCallback | None = None,
 ) -> Node:
     host.check_host()
     if options.userns_shift:
@@ -75,7 +82,17 @@ async def assemble(
     supervisor = await asyncio.to_thread(build_runtime, layout.runtime_cache)
     runtimes = node_runtimes(layout.root)
     manager = SandboxManager(
-        options, layout, runtimes, store, supervisor, on_stopped, networks, quotas, on_timeout_warning, on_releasing
+        options,
+        layout,
+        runtimes,
+        store,
+        supervisor,
+        on_stopped,
+        networks,
+        quotas,
+        on_timeout_warning,
+        on_releasing,
+        on_resized=on_resized,
     )
     snapshots = NodeSnapshots(
         manager, layout, options.userns_shift, int(options.snapshot_cache_gb * 2**30), snapshot_store

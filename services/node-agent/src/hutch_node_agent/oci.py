@@ -192,3 +192,10 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
             **_hardening(spec),
         },
     }
+
+
+def set_resources(config: dict[str, Any], cpu_quota_us: int, cpu_period_us: int, memory_bytes: int) -> None:
+    """Changes the CPU and memory limits in an existing config (a sandbox resized in place)."""
+    resources = config.setdefault("linux", {}).setdefault("resources", {})
+    resources["memory"] = {"limit": memory_bytes, "swap": memory_bytes}
+    resources["cpu"] = {"quota": cpu_quota_us, "period": cpu_period_us}

@@ -14,11 +14,14 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hutch.core import errors, telemetry
 from hutch_node_agent import oci, rootfs, sandbox_egress
+from hutch_node_agent.activity import Activity
+from hutch_node_agent.cgroup_limits import CgroupLimits, Limits
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest, SnapshotSource, check_sandbox_id
 from hutch_node_agent.layers import Layers
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
@@ -58,6 +61,24 @@ async def _nothing_to_release(sandbox: LocalSandbox) -> None:
     return None
 
 
+# Called right after a running sandbox's limits changed, with the sandbox (its request already the
+# new size) and the request it had before: metering switches its allocation at that moment. It
+# must not raise.
+ResizedCallback = Callable[[LocalSandbox, SandboxRequest], Awaitable[None]]
+
+
+async def _nothing_to_meter(sandbox: LocalSandbox, previous: SandboxRequest) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Resized:
+    sandbox: LocalSandbox
+    previous: SandboxRequest
+    # Memory the sandbox used when it was resized, reclaimable page cache left out.
+    memory_in_use_bytes: int
+
+
 class SandboxManager:
     def __init__(
         self,
@@ -71,8 +92,12 @@ class SandboxManager:
         quotas: DiskQuotas | None = None,
         on_timeout_warning: WarningCallback | None = None,
         on_releasing: ReleasingCallback | None = None,
+        on_resized: ResizedCallback | None = None,
+        limits: CgroupLimits | None = None,
     ) -> None:
         self._options = options
+        self._on_resized = on_resized or _nothing_to_meter
+        self._limits = limits or CgroupLimits(options.cgroup_parent)
         self._networks = networks
         self._quotas = quotas
         self.layers = Layers(quotas, options.disk_quota_mb * 2**20, options.userns_shift)
@@ -84,6 +109,8 @@ class SandboxManager:
         self._on_timeout_warning = on_timeout_warning or _no_warning
         self._on_releasing = on_releasing or _nothing_to_release
         self._sandboxes: dict[str, LocalSandbox] = {}
+        # Connections to each sandbox's supervisor, for sleep on idle (see activity.py).
+        self.activity = Activity()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._watchers: dict[str, int] = {}
         self._timers: dict[str, list[asyncio.TimerHandle]] = {}
@@ -101,7 +128,7 @@ class SandboxManager:
         return sandbox
 
     def supervisor(self, sandbox_id: str) -> SupervisorClient:
-        return SupervisorClient(self._layout.sandbox(sandbox_id).socket)
+        return SupervisorClient(self._layout.sandbox(sandbox_id).socket, self.activity.watcher(sandbox_id))
 
     def all(self) -> list[LocalSandbox]:
         return list(self._sandboxes.values())
@@ -239,6 +266,68 @@ class SandboxManager:
             sandbox.deadline = sandbox.started_at + timedelta(seconds=sandbox.request.timeout_seconds)
         self._save(sandbox, paths)
         self._watch(sandbox)
+
+    # -- resize ----------------------------------------------------------------------------
+
+    async def resize(self, sandbox_id: str, cpu_millis: int, memory_mb: int) -> Resized:
+        """Changes a running sandbox's CPU and memory limits in place (0 keeps a value as it is).
+
+        Growth must fit in what the node has free; memory may not shrink below what the sandbox
+        uses now (its processes would be OOM-killed), which is refused before anything changes.
+        The new size is written to the sandbox's record and its OCI config, so a restart of the
+        node-agent, a gVisor restore in place and a snapshot's spec all keep it.
+        """
+        check_sandbox_id(sandbox_id)
+        async with self._locks[sandbox_id]:
+            sandbox = self.running(sandbox_id)
+            previous = sandbox.request
+            wanted = replace(
+                previous, cpu_millis=cpu_millis or previous.cpu_millis, memory_mb=memory_mb or previous.memory_mb
+            )
+            in_use = await asyncio.to_thread(self._limits.memory_in_use, sandbox_id)
+            if wanted.memory_mb < previous.memory_mb and in_use >= wanted.memory_mb * 2**20:
+                raise errors.FailedPrecondition(
+                    f"sandbox {sandbox_id} uses {_mib(in_use)} MB of memory now: it cannot shrink to "
+                    f"{wanted.memory_mb} MB (free some memory in it first, or keep at least {_mib(in_use) + 1} MB)"
+                )
+            if wanted == previous:
+                return Resized(sandbox, previous, in_use)
+            self._check_growth(previous, wanted)
+            # Taken at once (before any await), so a create or resize meanwhile sees it held.
+            sandbox.request = wanted
+            limits = Limits(
+                cpu_quota_us=wanted.cpu_millis * oci.CPU_PERIOD_US // 1000,
+                cpu_period_us=oci.CPU_PERIOD_US,
+                memory_bytes=wanted.memory_mb * 2**20,
+            )
+            try:
+                await asyncio.to_thread(self._limits.apply, sandbox_id, limits)
+            except BaseException:
+                sandbox.request = previous
+                with contextlib.suppress(Exception):  # put back what was there, whatever got written
+                    await asyncio.to_thread(self._limits.apply, sandbox_id, _limits_of(previous))
+                raise
+            paths = self._layout.sandbox(sandbox_id)
+            await asyncio.to_thread(_rewrite_resources, paths.config, limits)
+            self._save(sandbox, paths)
+            await self._on_resized(sandbox, previous)
+            log.info(
+                "sandbox %s resized from %d mCPU / %d MB to %d mCPU / %d MB",
+                sandbox_id, previous.cpu_millis, previous.memory_mb, wanted.cpu_millis, wanted.memory_mb,
+            )  # fmt: skip
+            return Resized(sandbox, previous, in_use)
+
+    def _check_growth(self, previous: SandboxRequest, wanted: SandboxRequest) -> None:
+        cpu, memory = self.allocated()
+        cpu_total, memory_total = self._options.measured_cpu_millis(), self._options.measured_memory_mb()
+        grow_cpu = wanted.cpu_millis - previous.cpu_millis
+        grow_memory = wanted.memory_mb - previous.memory_mb
+        if (grow_cpu > 0 and cpu + grow_cpu > cpu_total) or (grow_memory > 0 and memory + grow_memory > memory_total):
+            raise errors.ResourceExhausted(
+                f"node {self._options.id} has {max(0, cpu_total - cpu)} mCPU and {max(0, memory_total - memory)} MB "
+                f"free; growing sandbox {previous.sandbox_id} to {wanted.cpu_millis} mCPU and {wanted.memory_mb} MB "
+                f"needs {max(0, grow_cpu)} mCPU and {max(0, grow_memory)} MB more"
+            )
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -495,6 +584,23 @@ class SandboxManager:
         tmp = paths.record.with_suffix(".tmp")
         tmp.write_text(json.dumps(sandbox.to_record()))
         tmp.replace(paths.record)
+
+
+def _mib(size: int) -> int:
+    return -(-size // 2**20)
+
+
+def _limits_of(request: SandboxRequest) -> Limits:
+    return Limits(request.cpu_millis * oci.CPU_PERIOD_US // 1000, oci.CPU_PERIOD_US, request.memory_mb * 2**20)
+
+
+def _rewrite_resources(config: Path, limits: Limits) -> None:
+    """Writes the new limits into the sandbox's OCI config (a gVisor restore in place reads it again)."""
+    data = json.loads(config.read_text())
+    oci.set_resources(data, limits.cpu_quota_us, limits.cpu_period_us, limits.memory_bytes)
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(config)
 
 
 def _write_identity_files(paths: SandboxPaths, hostname: str, owner: int) -> None:

@@ -38,6 +38,7 @@ class SnapshotCalls:
             stop=request.stop,
             wait=request.wait_stored,
             labels=dict(request.labels),
+            only_if_idle=request.only_if_idle,
         )
         return node_agent_pb2.SnapshotSandboxResponse(
             snapshot_id=record.id, kind=KINDS[record.kind], stored=record.committed, logical_bytes=record.logical_bytes

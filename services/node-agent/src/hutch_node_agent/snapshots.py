@@ -31,6 +31,7 @@ from typing import Literal, Protocol
 from hutch.core import errors
 from hutch_node_agent import layer_archive
 from hutch_node_agent.domain import LocalSandbox, SnapshotSource
+from hutch_node_agent.idle_watcher import may_sleep
 from hutch_node_agent.layout import NodeLayout
 from hutch_node_agent.runtime import GVISOR
 from hutch_node_agent.sandboxes import SandboxManager
@@ -164,6 +165,7 @@ class NodeSnapshots:
         stop: bool = False,
         wait: bool = True,
         labels: dict[str, str] | None = None,
+        only_if_idle: bool = False,
     ) -> SnapshotRecord:
         """Snapshots a running sandbox: its filesystem, and for gVisor its memory and processes.
 
@@ -172,6 +174,8 @@ class NodeSnapshots:
         going on in the background (a fork's children on this node need nothing more).
         """
         sandbox = self._manager.running(sandbox_id)
+        if only_if_idle and not may_sleep(self._manager.activity, sandbox):
+            raise errors.FailedPrecondition(f"sandbox {sandbox_id} is in use again; it stays awake")
         kind: Kind = "memory" if sandbox.request.isolation == GVISOR else "filesystem"
         spec = _spec(sandbox, self._uid_shift)
         if self._store is not None:

@@ -40,6 +40,7 @@ async def run(settings: SchedulerSettings) -> None:
                         events.SANDBOX_STOPPED,
                         events.SANDBOX_FAILED,
                         events.SANDBOX_PAUSED,
+                        events.SANDBOX_RESIZED,
                     )
                 ),
             )

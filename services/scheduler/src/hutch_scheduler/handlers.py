@@ -44,6 +44,10 @@ class SchedulerHandler:
             await store.release(self._db, envelope.sandbox, incarnation)
         elif kind in (events.SANDBOX_STOPPED, events.SANDBOX_PAUSED):
             await store.release(self._db, envelope.sandbox)
+        elif kind is events.SANDBOX_RESIZED:
+            # A live resize on its node: the placement holds the new size from now on.
+            resized = cast(ev.SandboxResized, envelope.payload)
+            await store.resize(self._db, resized.sandbox_id, resized.resources.cpu_millis, resized.resources.memory_mb)
 
     def _candidates(self, used: dict[str, tuple[int, int]]) -> list[Candidate]:
         result = []

@@ -69,3 +69,13 @@ async def active_node(conn: asyncpg.Connection, sandbox_id: str) -> str | None:
         "SELECT node_id FROM placements WHERE sandbox_id = $1 AND active", sandbox_id
     )
     return node
+
+
+async def resize(conn: asyncpg.Connection | asyncpg.Pool, sandbox_id: str, cpu_millis: int, memory_mb: int) -> None:
+    """The sandbox's active placement holds its new size (a live resize)."""
+    await conn.execute(
+        "UPDATE placements SET cpu_millis = $2, memory_mb = $3 WHERE sandbox_id = $1 AND active",
+        sandbox_id,
+        cpu_millis,
+        memory_mb,
+    )

@@ -53,6 +53,8 @@ SANDBOX_STOPPED: Final = EventKind("sandbox.stopped", sandbox_pb2.SandboxStopped
 SANDBOX_KILL_REQUESTED: Final = EventKind("sandbox.kill_requested", sandbox_pb2.SandboxKillRequested)
 SANDBOX_TIMEOUT_WARNING: Final = EventKind("sandbox.timeout_warning", sandbox_pb2.SandboxTimeoutWarning)
 SANDBOX_PAUSED: Final = EventKind("sandbox.paused", sandbox_pb2.SandboxPaused)
+SANDBOX_IDLE: Final = EventKind("sandbox.idle", sandbox_pb2.SandboxIdle)
+SANDBOX_RESIZED: Final = EventKind("sandbox.resized", sandbox_pb2.SandboxResized)
 NODE_COMMAND: Final = EventKind("node.command", node_pb2.NodeCommand)
 # Usage reports (one message type, one kind per reporter): node-agents report CPU and memory; the
 # snapshot store and the egress proxy report stored and sent bytes on their own kinds.
@@ -74,6 +76,8 @@ CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
         SANDBOX_KILL_REQUESTED,
         SANDBOX_TIMEOUT_WARNING,
         SANDBOX_PAUSED,
+        SANDBOX_IDLE,
+        SANDBOX_RESIZED,
         NODE_COMMAND,
         USAGE_COMPUTE,
         USAGE_STORAGE,

@@ -110,6 +110,10 @@ class NodeDirectory:
     def is_alive(self, node: NodeInfo, now: datetime | None = None) -> bool:
         return (now or datetime.now(UTC)) - node.sent_at <= self._grace
 
+    def all(self) -> list[NodeInfo]:
+        """Every node with a key in the bucket, reachable or not."""
+        return list(self._nodes.values())
+
     def alive(self) -> list[NodeInfo]:
         now = datetime.now(UTC)
         return [n for n in self._nodes.values() if self.is_alive(n, now)]

@@ -122,6 +122,8 @@ class Sandbox(_message.Message):
     SOURCE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     PAUSED_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    ASLEEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template: _builtins.str
@@ -139,6 +141,10 @@ class Sandbox(_message.Message):
     """For a fork's child: the sandbox it was forked from."""
     paused_snapshot: _builtins.str
     """While PAUSED: the snapshot that holds its state."""
+    auto_sleep_after_seconds: _builtins.int
+    """Idle seconds after which the sandbox goes to sleep (0: never)."""
+    asleep: _builtins.bool
+    """PAUSED because it was idle, not by a pause call: any request to it wakes it."""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -183,10 +189,12 @@ class Sandbox(_message.Message):
         source_snapshot: _builtins.str = ...,
         forked_from: _builtins.str = ...,
         paused_snapshot: _builtins.str = ...,
+        auto_sleep_after_seconds: _builtins.int = ...,
+        asleep: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "network", b"network", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asleep", b"asleep", "auto_sleep_after_seconds", b"auto_sleep_after_seconds", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -246,6 +254,7 @@ class CreateSandboxRequest(_message.Message):
     TRUST_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """Template name; "base" when empty."""
     name: _builtins.str
@@ -261,6 +270,11 @@ class CreateSandboxRequest(_message.Message):
     """Start from this snapshot (id or name) instead of an empty layer: its template and isolation
     class are the snapshot's (`template` must be empty or the same; `isolation` likewise), and
     resources default to the snapshot's sandbox's.
+    """
+    auto_sleep_after_seconds: _builtins.int
+    """Put the sandbox to sleep (a pause that keeps memory under gVisor and files under both) after
+    this many seconds with no API call, no open terminal, process stream or preview connection,
+    and almost no CPU; any later request to it wakes it. 0: never.
     """
     @_builtins.property
     def resources(self) -> Global___Resources: ...
@@ -287,10 +301,11 @@ class CreateSandboxRequest(_message.Message):
         trust: _builtins.str = ...,
         network: _network_pb2.NetworkPolicy | None = ...,
         snapshot: _builtins.str = ...,
+        auto_sleep_after_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -673,3 +688,28 @@ class ForkSandboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForkSandboxResponse: _TypeAlias = ForkSandboxResponse  # noqa: Y015
+
+@_typing.final
+class ResizeSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """The new size; a field left 0 keeps its current value. Same bounds as Create."""
+
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeSandboxRequest: _TypeAlias = ResizeSandboxRequest  # noqa: Y015

@@ -92,6 +92,11 @@ class SandboxesStub:
                 request_serializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxResponse.FromString,
                 _registered_method=True)
+        self.Resize = channel.unary_unary(
+                '/hutch.v1.Sandboxes/Resize',
+                request_serializer=hutch_dot_v1_dot_sandbox__pb2.ResizeSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
+                _registered_method=True)
 
 
 class SandboxesServicer:
@@ -177,6 +182,16 @@ class SandboxesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resize(self, request, context):
+        """Changes a running sandbox's CPU and memory in place, without a restart (either isolation class).
+        RESOURCE_EXHAUSTED when its node has no room for the growth; FAILED_PRECONDITION when it does
+        not run, or when the new memory is below what it uses now. Pauses, resumes and restarts keep
+        the new size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +249,11 @@ def add_SandboxesServicer_to_server(servicer, server):
                     servicer.Fork,
                     request_deserializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_sandbox__pb2.ForkSandboxResponse.SerializeToString,
+            ),
+            'Resize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resize,
+                    request_deserializer=hutch_dot_v1_dot_sandbox__pb2.ResizeSandboxRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_sandbox__pb2.Sandbox.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -535,6 +555,33 @@ class Sandboxes:
             '/hutch.v1.Sandboxes/Fork',
             hutch_dot_v1_dot_sandbox__pb2.ForkSandboxRequest.SerializeToString,
             hutch_dot_v1_dot_sandbox__pb2.ForkSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Sandboxes/Resize',
+            hutch_dot_v1_dot_sandbox__pb2.ResizeSandboxRequest.SerializeToString,
+            hutch_dot_v1_dot_sandbox__pb2.Sandbox.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,12 @@ class SandboxesStub:
     """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
     once they all run. On the parent's node the children share its layer copy-on-write.
     """
+    Resize: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ResizeSandboxRequest, _sandbox_pb2.Sandbox]
+    """Changes a running sandbox's CPU and memory in place, without a restart (either isolation class).
+    RESOURCE_EXHAUSTED when its node has no room for the growth; FAILED_PRECONDITION when it does
+    not run, or when the new memory is below what it uses now. Pauses, resumes and restarts keep
+    the new size.
+    """
 
 @_typing.type_check_only
 class SandboxesAsyncStub(SandboxesStub):
@@ -97,6 +103,12 @@ class SandboxesAsyncStub(SandboxesStub):
     Fork: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ForkSandboxRequest, _sandbox_pb2.ForkSandboxResponse]  # type: ignore[assignment]
     """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
     once they all run. On the parent's node the children share its layer copy-on-write.
+    """
+    Resize: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ResizeSandboxRequest, _sandbox_pb2.Sandbox]  # type: ignore[assignment]
+    """Changes a running sandbox's CPU and memory in place, without a restart (either isolation class).
+    RESOURCE_EXHAUSTED when its node has no room for the growth; FAILED_PRECONDITION when it does
+    not run, or when the new memory is below what it uses now. Pauses, resumes and restarts keep
+    the new size.
     """
 
 class SandboxesServicer(metaclass=_abc_1.ABCMeta):
@@ -195,6 +207,18 @@ class SandboxesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sandbox_pb2.ForkSandboxResponse, _abc.Awaitable[_sandbox_pb2.ForkSandboxResponse]]:
         """New sandboxes that start with the parent's state (gVisor: its running processes too); returns
         once they all run. On the parent's node the children share its layer copy-on-write.
+        """
+
+    @_abc_1.abstractmethod
+    def Resize(
+        self,
+        request: _sandbox_pb2.ResizeSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.Sandbox, _abc.Awaitable[_sandbox_pb2.Sandbox]]:
+        """Changes a running sandbox's CPU and memory in place, without a restart (either isolation class).
+        RESOURCE_EXHAUSTED when its node has no room for the growth; FAILED_PRECONDITION when it does
+        not run, or when the new memory is below what it uses now. Pauses, resumes and restarts keep
+        the new size.
         """
 
 def add_SandboxesServicer_to_server(servicer: SandboxesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from hutch import NotFoundError, ResourceExhaustedError, Sandbox, SandboxError, SandboxInfo, SandboxState
+from hutch import (
+    HutchError,
+    Nodes,
+    NotFoundError,
+    ResourceExhaustedError,
+    Sandbox,
+    SandboxError,
+    SandboxInfo,
+    SandboxState,
+)
 from hutch.cli._shared import EXIT_ERROR, connected, error_line, out, parse_pairs, print_json, when
 from hutch.cli._waiting import waiting
 
@@ -49,6 +59,10 @@ def create(
         str | None,
         typer.Option(help="Start from this snapshot (id or name): its files, and under gVisor its processes."),
     ] = None,
+    auto_sleep_after: Annotated[
+        float | None,
+        typer.Option(help="Sleep after this many idle seconds (state kept; the next request wakes it)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a sandbox and print its id once it runs."""
@@ -64,6 +78,7 @@ def create(
             isolation=isolation,
             trust=trust,
             snapshot=snapshot,
+            auto_sleep_after=auto_sleep_after,
         )
     try:
         if json_output:
@@ -81,24 +96,37 @@ def list_sandboxes(
         typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Only sandboxes with this pair; repeatable."),
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Include killed and failed sandboxes.")] = False,
+    state: Annotated[
+        list[str] | None,
+        typer.Option("--state", "-s", help="Only sandboxes in this state (running, paused, ...); repeatable."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """List sandboxes, live ones only unless --all is given."""
-    states = [state for state in SandboxState if state is not SandboxState.UNSPECIFIED] if show_all else None
+    """List sandboxes, live ones only unless --all or --state is given.
+
+    UP is how long a running sandbox has been running since it first started (idle time is not
+    reported by the API, so it is not shown).
+    """
+    states: list[SandboxState | str] | None = list(state) if state else None
+    if show_all and not states:
+        states = [s for s in SandboxState if s is not SandboxState.UNSPECIFIED]
     sandboxes = Sandbox.list(metadata=parse_pairs(metadata, "--metadata"), states=states)
     if json_output:
         print_json(sandboxes)
         return
-    table = Table("ID", "NAME", "TEMPLATE", "STATE", "CLASS", "CPU", "MEMORY", "CREATED", "METADATA")
+    node_of = _nodes_of_own_sandboxes() if any(i.state is SandboxState.RUNNING for i in sandboxes) else {}
+    now = datetime.now(UTC)
+    table = Table("ID", "NAME", "STATE", "NODE", "CLASS", "CPU", "MEMORY", "UP", "CREATED", "METADATA")
     for info in sandboxes:
         cells = (
             info.id,
             info.name or "-",
-            info.template,
             _state(info),
+            node_of.get(info.id, "-"),
             info.isolation or "-",
             f"{info.cpu:g}",
             f"{info.memory_mb} MiB",
+            _up(info, now),
             when(info.created_at),
             " ".join(f"{key}={value}" for key, value in sorted(info.metadata.items())) or "-",
         )
@@ -227,6 +255,34 @@ def fork(
             child.close()
 
 
+def _nodes_of_own_sandboxes() -> dict[str, str]:
+    """Which node runs each of the caller's running sandboxes (from the fleet view); empty when the
+    gateway cannot say."""
+    try:
+        nodes = Nodes.list()
+    except HutchError:
+        return {}
+    return {sandbox_id: node.id for node in nodes for sandbox_id in node.own_sandbox_ids}
+
+
+def _up(info: SandboxInfo, now: datetime) -> str:
+    if info.state is not SandboxState.RUNNING or info.started_at is None:
+        return "-"
+    return duration(max(0.0, (now - info.started_at).total_seconds()))
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 42s, 5m12s, 3h04m, 2d05h."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
 def _state(info: SandboxInfo) -> str:
     # The reason says why a sandbox failed or was killed, which is what one looks for first.
     return f"{info.state} ({info.state_reason})" if info.state_reason else str(info.state)
@@ -248,6 +304,26 @@ def parse_lifetime(value: str) -> float | None:
     if not 0 < seconds < 2**32:
         raise typer.BadParameter(f"expected a positive number of seconds or none, got {value!r}", param_hint="SECONDS")
     return seconds
+
+
+@app.command()
+def resize(
+    sandbox: Annotated[str, typer.Argument(metavar="SANDBOX", help="Sandbox id or name.")],
+    cpu: Annotated[float | None, typer.Option(help="New vCPUs, e.g. 0.5 or 2 (default: unchanged).")] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="New memory in MiB (default: unchanged).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Change a running sandbox's CPU and memory in place; its processes keep running."""
+    if cpu is None and memory_mb is None:
+        raise typer.BadParameter("give --cpu, --memory-mb or both", param_hint="--cpu/--memory-mb")
+    with connected(sandbox) as box:
+        info = box.resize(cpu=cpu, memory_mb=memory_mb)
+    if json_output:
+        print_json(info)
+    else:
+        out.print(f"{info.id} {info.cpu:g} vCPU {info.memory_mb} MiB")
 
 
 @app.command("set-timeout")

@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 from hutch.core import errors
 from hutch_node_agent.supervisor import protocol
@@ -175,22 +175,39 @@ async def _connect(socket_path: Path) -> socket.socket:
     return sock
 
 
+class ConnectionWatcher(Protocol):
+    """Told of every connection to one sandbox's supervisor: how the node sees a sandbox in use."""
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
 class _Connection:
     """One connection to the supervisor, speaking frames."""
 
-    def __init__(self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        watcher: ConnectionWatcher | None = None,
+    ) -> None:
         self._socket_path = socket_path
         self._reader = reader
         self._writer = writer
+        self._watcher = watcher
 
     @classmethod
-    async def open(cls, socket_path: Path) -> _Connection:
+    async def open(cls, socket_path: Path, watcher: ConnectionWatcher | None = None) -> _Connection:
         try:
             sock = await _connect(socket_path)
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_READ_BUFFER_LIMIT)
         except OSError as err:
             raise _not_answering(socket_path, err.strerror or str(err)) from err
-        return cls(socket_path, reader, writer)
+        if watcher is not None:
+            watcher.opened()
+        return cls(socket_path, reader, writer, watcher)
 
     async def send(self, frame_type: int, payload: bytes = b"") -> None:
         try:
@@ -233,6 +250,9 @@ class _Connection:
     async def close(self) -> None:
         # abort() rather than close(): closing is how a call is abandoned, and close() would first
         # wait for buffered frames to reach a supervisor that may no longer be reading them.
+        if self._watcher is not None:
+            self._watcher.closed()
+            self._watcher = None
         self._writer.transport.abort()
         try:
             await self._writer.wait_closed()
@@ -479,8 +499,9 @@ class TcpStream:
 class SupervisorClient:
     """Talks to the supervisor of one sandbox through its unix socket on the host."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, watcher: ConnectionWatcher | None = None) -> None:
         self.socket_path = socket_path
+        self._watcher = watcher
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Returns once the supervisor answers a ping; raises Unavailable after `timeout_s`."""
@@ -504,7 +525,7 @@ class SupervisorClient:
         """Runs an operation that answers with one RESULT: list, stat, remove, rename, mkdir, ping."""
         if op in _STREAMING_OPS:
             raise errors.InvalidArgument(f"{op!r} streams data; use the client's {op} method")
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {**args, "op": op})
             return await connection.receive_json(protocol.RESULT)
@@ -515,7 +536,7 @@ class SupervisorClient:
         """Has the supervisor let go of every host-visible socket (for a gVisor checkpoint); returns
         once it has closed this connection too. It listens again after `runsc kill ID USR1`.
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {"op": "quiesce"})
             await connection.receive_json(protocol.RESULT)
@@ -533,7 +554,7 @@ class SupervisorClient:
         pseudo-terminal (always in the background, stdin always open, all output as stdout, TERM
         xterm-256color unless "env" sets it).
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {**request, "op": "exec"})
             started = await connection.receive_json(protocol.STARTED)
@@ -556,7 +577,7 @@ class SupervisorClient:
         at once; each gets all of the output. Closing the session never stops the process. Stdin
         sent to a process whose stdin is closed is dropped. NotFound for an unknown pid.
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {"op": "attach", "pid": pid, "replay": replay})
             started = await connection.receive_json(protocol.STARTED)
@@ -591,7 +612,7 @@ class SupervisorClient:
         NotFound for an unknown pid; FailedPrecondition once the process has exited or its stdin is
         closed (or it was started without "stdin").
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {"op": "stdin", "pid": pid, "eof": eof})
             await _send_and_await_reply(connection, _one_chunk(data))
@@ -603,7 +624,7 @@ class SupervisorClient:
         directories created later); returns once the watch is in place, so every later change is
         seen. NotFound if `path` does not exist, InvalidArgument if it is not a directory.
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {"op": "watch", "path": path, "recursive": recursive})
             await connection.receive_json(protocol.RESULT)
@@ -617,7 +638,7 @@ class SupervisorClient:
         "localhost"; anything else is InvalidArgument), and returns the byte stream. Unavailable if
         nothing listens there. Works the same for every isolation class: no network link is used.
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {"op": "tcp", "port": port, "host": host})
             await connection.receive_json(protocol.RESULT)
@@ -631,7 +652,7 @@ class SupervisorClient:
         (`aclose()`), which closes the connection. After the last chunk, `chunks.sha256` holds the
         checksum of the content.
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             await connection.send_json(protocol.REQUEST, {"op": "read", "path": path})
             info = await connection.receive_json(protocol.RESULT)
@@ -650,7 +671,7 @@ class SupervisorClient:
         `max_bytes` 0 means no limit. A refusal (such as going over `max_bytes`) stops the upload
         as soon as it arrives.
         """
-        connection = await _Connection.open(self.socket_path)
+        connection = await _Connection.open(self.socket_path, self._watcher)
         try:
             request = {"op": "write", "path": path, "mode": mode, "user": user, "max_bytes": max_bytes}
             await connection.send_json(protocol.REQUEST, request)

@@ -84,6 +84,7 @@ class SandboxSpec(_message.Message):
     SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     PREFER_NODE_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
@@ -99,6 +100,8 @@ class SandboxSpec(_message.Message):
     """
     prefer_node: _builtins.str
     """Placement hint: the node that holds the snapshot (a fork's parent, where it was paused)."""
+    auto_sleep_after_seconds: _builtins.int
+    """Idle seconds after which its node reports it idle (sandbox.idle); 0: never."""
     @_builtins.property
     def resources(self) -> _sandbox_pb2.Resources: ...
     @_builtins.property
@@ -125,10 +128,11 @@ class SandboxSpec(_message.Message):
         snapshot_id: _builtins.str = ...,
         prefer_node: _builtins.str = ...,
         network: _network_pb2.NetworkPolicy | None = ...,
+        auto_sleep_after_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +309,40 @@ class SandboxPaused(_message.Message):
 Global___SandboxPaused: _TypeAlias = SandboxPaused  # noqa: Y015
 
 @_typing.final
+class SandboxIdle(_message.Message):
+    """hutch.<region>.sandbox.idle: the sandbox has had no API activity, no open session and almost no
+    CPU for its auto_sleep_after_seconds; the gateway puts it to sleep (a pause).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    IDLE_SINCE_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    node_id: _builtins.str
+    incarnation: _builtins.str
+    """The incarnation that went idle (its spec's snapshot_id; empty for the first)."""
+    @_builtins.property
+    def idle_since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        incarnation: _builtins.str = ...,
+        idle_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_since", b"idle_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_since", b"idle_since", "incarnation", b"incarnation", "node_id", b"node_id", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxIdle: _TypeAlias = SandboxIdle  # noqa: Y015
+
+@_typing.final
 class SandboxKillRequested(_message.Message):
     """hutch.<region>.sandbox.kill_requested: the gateway asked for a kill before any node confirmed a start."""
 
@@ -349,3 +387,39 @@ class SandboxTimeoutWarning(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SandboxTimeoutWarning: _TypeAlias = SandboxTimeoutWarning  # noqa: Y015
+
+@_typing.final
+class SandboxResized(_message.Message):
+    """hutch.<region>.sandbox.resized: a running sandbox's CPU and memory were changed in place."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    RESIZED_AT_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    node_id: _builtins.str
+    @_builtins.property
+    def resources(self) -> _sandbox_pb2.Resources: ...
+    @_builtins.property
+    def previous(self) -> _sandbox_pb2.Resources: ...
+    @_builtins.property
+    def resized_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        resources: _sandbox_pb2.Resources | None = ...,
+        previous: _sandbox_pb2.Resources | None = ...,
+        resized_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "resized_at", b"resized_at", "resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "previous", b"previous", "resized_at", b"resized_at", "resources", b"resources", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxResized: _TypeAlias = SandboxResized  # noqa: Y015

@@ -49,6 +49,7 @@ class SnapshotSandboxRequest(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     WAIT_STORED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ONLY_IF_IDLE_FIELD_NUMBER: _builtins.int
     sandbox: _builtins.str
     name: _builtins.str
     purpose: _snapshot_store_pb2.SnapshotPurpose.ValueType
@@ -57,6 +58,10 @@ class SnapshotSandboxRequest(_message.Message):
     wait_stored: _builtins.bool
     """Answer once the snapshot-store holds the snapshot; otherwise once the node's own copy exists
     (the upload goes on in the background: what a fork's children on this node need).
+    """
+    only_if_idle: _builtins.bool
+    """Only if nothing used the sandbox since it was reported idle (a sleep): otherwise the call
+    fails with FAILED_PRECONDITION and the sandbox runs on untouched.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -69,10 +74,11 @@ class SnapshotSandboxRequest(_message.Message):
         stop: _builtins.bool = ...,
         wait_stored: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        only_if_idle: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "purpose", b"purpose", "sandbox", b"sandbox", "stop", b"stop", "wait_stored", b"wait_stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "only_if_idle", b"only_if_idle", "purpose", b"purpose", "sandbox", b"sandbox", "stop", b"stop", "wait_stored", b"wait_stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,3 +327,62 @@ class TunnelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___TunnelResponse: _TypeAlias = TunnelResponse  # noqa: Y015
+
+@_typing.final
+class ResizeSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    cpu_millis: _builtins.int
+    """0 keeps the current value."""
+    memory_mb: _builtins.int
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        cpu_millis: _builtins.int = ...,
+        memory_mb: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "memory_mb", b"memory_mb", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeSandboxRequest: _TypeAlias = ResizeSandboxRequest  # noqa: Y015
+
+@_typing.final
+class ResizeSandboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_MEMORY_MB_FIELD_NUMBER: _builtins.int
+    MEMORY_IN_USE_BYTES_FIELD_NUMBER: _builtins.int
+    cpu_millis: _builtins.int
+    memory_mb: _builtins.int
+    previous_cpu_millis: _builtins.int
+    """What it held before."""
+    previous_memory_mb: _builtins.int
+    memory_in_use_bytes: _builtins.int
+    """Memory in use when it was resized (without reclaimable page cache)."""
+    def __init__(
+        self,
+        *,
+        cpu_millis: _builtins.int = ...,
+        memory_mb: _builtins.int = ...,
+        previous_cpu_millis: _builtins.int = ...,
+        previous_memory_mb: _builtins.int = ...,
+        memory_in_use_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "memory_in_use_bytes", b"memory_in_use_bytes", "memory_mb", b"memory_mb", "previous_cpu_millis", b"previous_cpu_millis", "previous_memory_mb", b"previous_memory_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeSandboxResponse: _TypeAlias = ResizeSandboxResponse  # noqa: Y015

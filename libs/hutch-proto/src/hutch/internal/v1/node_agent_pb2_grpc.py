@@ -134,6 +134,11 @@ class NodeAgentStub:
                 request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotRequest.SerializeToString,
                 response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotResponse.FromString,
                 _registered_method=True)
+        self.Resize = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/Resize',
+                request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -262,6 +267,15 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resize(self, request, context):
+        """Changes a running sandbox's CPU and memory limits in place (its cgroup), and what it is
+        metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
+        FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +373,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.DropSnapshot,
                     request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotRequest.FromString,
                     response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotResponse.SerializeToString,
+            ),
+            'Resize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resize,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -876,6 +895,33 @@ class NodeAgent:
             '/hutch.internal.v1.NodeAgent/DropSnapshot',
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotRequest.SerializeToString,
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.DropSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/Resize',
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

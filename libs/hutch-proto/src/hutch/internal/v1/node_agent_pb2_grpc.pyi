@@ -65,6 +65,11 @@ class NodeAgentStub:
     """Snapshots a running sandbox: its filesystem, and under gVisor its memory and processes."""
     DropSnapshot: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.DropSnapshotRequest, _node_agent_pb2.DropSnapshotResponse]
     """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause)."""
+    Resize: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.ResizeSandboxRequest, _node_agent_pb2.ResizeSandboxResponse]
+    """Changes a running sandbox's CPU and memory limits in place (its cgroup), and what it is
+    metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
+    FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
+    """
 
 @_typing.type_check_only
 class NodeAgentAsyncStub(NodeAgentStub):
@@ -100,6 +105,11 @@ class NodeAgentAsyncStub(NodeAgentStub):
     """Snapshots a running sandbox: its filesystem, and under gVisor its memory and processes."""
     DropSnapshot: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.DropSnapshotRequest, _node_agent_pb2.DropSnapshotResponse]  # type: ignore[assignment]
     """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause)."""
+    Resize: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.ResizeSandboxRequest, _node_agent_pb2.ResizeSandboxResponse]  # type: ignore[assignment]
+    """Changes a running sandbox's CPU and memory limits in place (its cgroup), and what it is
+    metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
+    FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
+    """
 
 class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
     """The node-agent's data plane. Only the gateway calls it: every call carries the installation's
@@ -246,5 +256,16 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.DropSnapshotResponse, _abc.Awaitable[_node_agent_pb2.DropSnapshotResponse]]:
         """Forgets the node's own copy of a snapshot (deleted, or replaced by a newer pause)."""
+
+    @_abc_1.abstractmethod
+    def Resize(
+        self,
+        request: _node_agent_pb2.ResizeSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_agent_pb2.ResizeSandboxResponse, _abc.Awaitable[_node_agent_pb2.ResizeSandboxResponse]]:
+        """Changes a running sandbox's CPU and memory limits in place (its cgroup), and what it is
+        metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
+        FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
+        """
 
 def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

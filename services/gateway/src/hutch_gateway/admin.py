@@ -8,9 +8,10 @@ import re
 import sys
 
 from hutch.core import db, outbox
-from hutch_gateway import store, tenants
+from hutch_gateway import quotas, store, tenants
 from hutch_gateway.app import SCHEMA
 from hutch_gateway.isolation import CLASSES, TRUSTED, UNTRUSTED, IsolationPolicy
+from hutch_gateway.quotas import Quota
 from hutch_gateway.settings import GatewaySettings
 
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -26,10 +27,29 @@ async def _run(settings: GatewaySettings, args: argparse.Namespace) -> int:
             if not await store.set_isolation_policy(pool, args.name, policy):
                 print(f"no tenant named {args.name!r}", file=sys.stderr)  # noqa: T201
                 return 1
+        elif args.command == "set-quota":
+            quota = Quota(args.sandboxes, round(args.cpu * 1000), args.memory_mb)
+            if not await quotas.set_quota(pool, args.name, quota):
+                print(f"no tenant named {args.name!r}", file=sys.stderr)  # noqa: T201
+                return 1
         elif args.command == "list-tenants":
             for tenant_id, name, keys in await store.list_tenants(pool):
                 print(f"{tenant_id}\t{name}\t{keys} key(s)")  # noqa: T201
     return 0
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number from 0 to 2147483647")
+    return value
+
+
+def _vcpus(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 2_000_000:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of vCPUs from 0 to 2000000")
+    return value
 
 
 def main(argv: list[str]) -> int:
@@ -51,6 +71,13 @@ def main(argv: list[str]) -> int:
         default=TRUSTED,
         help="the trust assumed when a create does not say (untrusted: gVisor by default)",
     )
+    quota = sub.add_parser(
+        "set-quota", help="limit what a tenant may run at once (0: the gateway's default, HUTCH_GATEWAY__TENANT_MAX_*)"
+    )
+    quota.add_argument("name", help="tenant name")
+    quota.add_argument("--sandboxes", type=_count, default=0, help="live sandboxes at once")
+    quota.add_argument("--cpu", type=_vcpus, default=0.0, help="vCPUs their sandboxes hold together")
+    quota.add_argument("--memory-mb", type=_count, default=0, help="memory their sandboxes hold together")
     sub.add_parser("list-tenants", help="list tenants and how many live keys each has")
     args = parser.parse_args(argv)
     if getattr(args, "name", None) is not None and not _TENANT_NAME.match(args.name):

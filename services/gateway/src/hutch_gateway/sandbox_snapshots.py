@@ -27,9 +27,9 @@ from hutch.core.nodes import NodeInfo
 from hutch.core.outbox import OutboxRelay
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch.internal.v1 import snapshot_store_pb2
-from hutch_gateway import events_out, store, templates
+from hutch_gateway import events_out, quotas, store, templates
 from hutch_gateway.changes import ChangeFeed
-from hutch_gateway.domain import SANDBOX_ID_PREFIX, SandboxRecord, State, new_id, restart_request
+from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id, restart_request
 from hutch_gateway.janitor import SnapshotJanitor
 from hutch_gateway.node_snapshots import NodeSnapshotCalls, SnapshotRequest
 from hutch_gateway.service import SandboxService
@@ -165,6 +165,7 @@ class SandboxSnapshots:
             if paused is None or paused.state != State.PAUSED:
                 return
             template_key = await templates.resolve(conn, tenant_id, paused.template)
+            await quotas.enforce(conn, tenant_id, self._options.default_quota, 1, paused.cpu_millis, paused.memory_mb)
             resuming = await store.mark_resuming(conn, sandbox_id)
             assert resuming is not None  # the row is locked and paused
             await outbox.stage(
@@ -189,24 +190,11 @@ class SandboxSnapshots:
         request = replace(restart_request(parent), name="", metadata=fork_metadata(parent.metadata, metadata))
         taken = await self._node_calls.take(node, parent.id, SnapshotRequest("fork"))
         child_ids = [new_id(SANDBOX_ID_PREFIX) for _ in range(count)]
-        async with self._db.acquire() as conn, conn.transaction():
-            template_key = await templates.resolve(conn, tenant_id, parent.template)
-            for child_id in child_ids:
-                child = await store.insert_sandbox(
-                    conn,
-                    child_id,
-                    tenant_id,
-                    request,
-                    self._region,
-                    parent.isolation,
-                    source_snapshot=taken.snapshot_id,
-                    forked_from=parent.id,
-                )
-                await outbox.stage(
-                    conn,
-                    events.SANDBOX_REQUESTED.subject(self._region),
-                    events_out.requested(child, request, template_key, prefer_node=node.node_id),
-                )
+        try:
+            await self._insert_children(tenant_id, parent, request, child_ids, taken.snapshot_id, node)
+        except errors.ResourceExhausted:
+            self._janitor.forget(tenant_id, taken.snapshot_id)  # no child will start from it
+            raise
         self._relay.kick()
         children = await asyncio.gather(*(self._started(child_id) for child_id in child_ids))
         failed = [child for child in children if child.state == State.FAILED]
@@ -220,6 +208,38 @@ class SandboxSnapshots:
             )
         self._janitor.forget(tenant_id, taken.snapshot_id)  # every child runs on its own copy now
         return children, taken.snapshot_id
+
+    async def _insert_children(
+        self,
+        tenant_id: str,
+        parent: SandboxRecord,
+        request: CreateRequest,
+        child_ids: list[str],
+        snapshot_id: str,
+        node: NodeInfo,
+    ) -> None:
+        """The fork's children as pending rows and their start requests, within the tenant's quota."""
+        async with self._db.acquire() as conn, conn.transaction():
+            await quotas.enforce(
+                conn, tenant_id, self._options.default_quota, len(child_ids), request.cpu_millis, request.memory_mb
+            )
+            template_key = await templates.resolve(conn, tenant_id, parent.template)
+            for child_id in child_ids:
+                child = await store.insert_sandbox(
+                    conn,
+                    child_id,
+                    tenant_id,
+                    request,
+                    self._region,
+                    parent.isolation,
+                    source_snapshot=snapshot_id,
+                    forked_from=parent.id,
+                )
+                await outbox.stage(
+                    conn,
+                    events.SANDBOX_REQUESTED.subject(self._region),
+                    events_out.requested(child, request, template_key, prefer_node=node.node_id),
+                )
 
     async def _started(self, sandbox_id: str) -> SandboxRecord:
         return await self._feed.wait_until(

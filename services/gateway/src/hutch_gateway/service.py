@@ -18,7 +18,7 @@ from hutch.core import errors, events, outbox
 from hutch.core.nodes import NodeDirectory, NodeInfo
 from hutch.core.outbox import OutboxRelay
 from hutch.internal.v1 import snapshot_store_pb2
-from hutch_gateway import events_out, store, templates
+from hutch_gateway import events_out, quotas, store, templates
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.domain import (
     LIVE_STATES,
@@ -106,6 +106,7 @@ class SandboxService:
             policy = await store.isolation_policy(conn, tenant_id)
             isolation = choose_isolation(request.isolation, request.trust, policy)
             self._check_isolation(isolation)
+            await quotas.enforce(conn, tenant_id, self._options.default_quota, 1, request.cpu_millis, request.memory_mb)
             record = await store.insert_sandbox(
                 conn,
                 sandbox_id,

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr
 
 from hutch.core.config import ServiceSettings
+from hutch_gateway.quotas import Quota
 
 
 class GatewayOptions(BaseModel):
+    @property
+    def default_quota(self) -> Quota:
+        return Quota(self.tenant_max_sandboxes, self.tenant_max_cpu_millis, self.tenant_max_memory_mb)
+
     # When set, the gateway makes sure tenant `bootstrap_tenant` exists and accepts this key
     # (how `hutch local up` provisions its dev key).
     bootstrap_api_key: SecretStr = SecretStr("")
@@ -21,6 +26,11 @@ class GatewayOptions(BaseModel):
     # Upper bounds on what one sandbox may ask for.
     max_cpu_millis: int = Field(default=16_000, ge=100)
     max_memory_mb: int = Field(default=65_536, ge=64)
+    # Default per-tenant concurrency quotas (`hutch-gateway admin set-quota` sets a tenant's own):
+    # live sandboxes, and the vCPU millis and memory they hold together. 0: no limit.
+    tenant_max_sandboxes: int = Field(default=0, ge=0)
+    tenant_max_cpu_millis: int = Field(default=0, ge=0)
+    tenant_max_memory_mb: int = Field(default=0, ge=0)
     # How long an API key lookup is cached; a revoked key stops working within this time.
     api_key_cache_s: float = Field(default=30.0, ge=0)
     # The preview edge: HTTP requests for PORT-SANDBOX.<preview_domain> reach that port inside the

@@ -28,7 +28,7 @@ async def run(settings: SchedulerSettings) -> None:
             await db.migrate(pool, SCHEMA, [*outbox.MIGRATIONS, *db.load_migrations("hutch_scheduler", SCHEMA)])
             relay = outbox.OutboxRelay(pool, bus)
             nodes = NodeDirectory(await bus.kv(nodes_bucket(region)), settings.scheduler.node_grace_s)
-            handler = SchedulerHandler(pool, nodes, relay, region)
+            handler = SchedulerHandler(pool, nodes, relay, region, settings.scheduler)
             consumer = ConsumerSpec(
                 stream=sandbox_stream(region),
                 durable="scheduler",

@@ -21,16 +21,25 @@ from hutch.events.v1 import node_pb2
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch_scheduler import store
 from hutch_scheduler.placement import Candidate, Demand, choose_node
+from hutch_scheduler.settings import SchedulerOptions
 
 log = logging.getLogger(__name__)
 
 
 class SchedulerHandler:
-    def __init__(self, db: asyncpg.Pool, nodes: NodeDirectory, relay: OutboxRelay, region: str) -> None:
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        nodes: NodeDirectory,
+        relay: OutboxRelay,
+        region: str,
+        options: SchedulerOptions | None = None,
+    ) -> None:
         self._db = db
         self._nodes = nodes
         self._relay = relay
         self._region = region
+        self._options = options or SchedulerOptions()
 
     async def __call__(self, envelope: Envelope[Message]) -> None:
         kind = envelope.kind
@@ -49,7 +58,7 @@ class SchedulerHandler:
             resized = cast(ev.SandboxResized, envelope.payload)
             await store.resize(self._db, resized.sandbox_id, resized.resources.cpu_millis, resized.resources.memory_mb)
 
-    def _candidates(self, used: dict[str, tuple[int, int]]) -> list[Candidate]:
+    def _candidates(self, used: dict[str, tuple[int, int]], tenant_counts: dict[str, int]) -> list[Candidate]:
         result = []
         for node in self._nodes.alive():
             ledger_cpu, ledger_memory = used.get(node.node_id, (0, 0))
@@ -58,11 +67,12 @@ class SchedulerHandler:
                 Candidate(
                     node_id=node.node_id,
                     cpu_millis_total=node.cpu_millis_total,
-                    memory_mb_total=node.memory_mb_total,
+                    memory_mb_total=int(node.memory_mb_total * self._options.memory_overcommit),
                     cpu_millis_used=max(ledger_cpu, node.cpu_millis_allocated),
                     memory_mb_used=max(ledger_memory, node.memory_mb_allocated),
                     templates=node.templates,
                     isolation_classes=node.isolation_classes,
+                    tenant_sandboxes=tenant_counts.get(node.node_id, 0),
                 )
             )
         return result
@@ -78,8 +88,12 @@ class SchedulerHandler:
             if await store.exists(conn, sandbox, incarnation):
                 return  # redelivered: the decision and its events are already committed
             try:
-                candidates = self._candidates(await store.usage_by_node(conn))
-                node_id = choose_node(demand, candidates, self._region, prefer=spec.prefer_node)
+                candidates = self._candidates(
+                    await store.usage_by_node(conn), await store.tenant_sandboxes_by_node(conn, tenant)
+                )
+                node_id = choose_node(
+                    demand, candidates, self._region, prefer=spec.prefer_node, strategy=self._options.strategy
+                )
             except errors.HutchError as exc:
                 log.info("cannot place %s: %s", sandbox, exc.message)
                 await store.record(conn, sandbox, incarnation, tenant, None, demand)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from hutch.core import errors
+
+# "pack": the fullest node that fits (best fit), leaving whole nodes free for large sandboxes and
+# for scaling in; "spread": the emptiest, so one node's noisy sandboxes disturb as few as possible.
+Strategy = Literal["pack", "spread"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Candidate:
     memory_mb_used: int
     templates: frozenset[str]
     isolation_classes: frozenset[str] = frozenset({"container"})
+    # The requesting tenant's sandboxes already placed here.
+    tenant_sandboxes: int = 0
 
     @property
     def cpu_free(self) -> int:
@@ -36,13 +43,16 @@ class Candidate:
         return self.memory_mb_total - self.memory_mb_used
 
 
-def choose_node(demand: Demand, candidates: list[Candidate], region: str, prefer: str = "") -> str:
-    """The node to run the sandbox on: among those that fit, the one with most memory left.
+def choose_node(
+    demand: Demand, candidates: list[Candidate], region: str, prefer: str = "", strategy: Strategy = "spread"
+) -> str:
+    """The node to run the sandbox on.
 
-    Spreading by free memory keeps nodes evenly loaded, so one node's noisy sandboxes disturb as few
-    others as possible. `prefer` names a node that already holds what the sandbox starts from (a
-    fork's parent, where it was paused): it wins whenever it fits, since starting there copies
-    nothing. Raises when nothing fits, with numbers a person can act on.
+    `prefer` names a node that already holds what the sandbox starts from (a fork's parent, where it
+    was paused): it wins whenever it fits, since starting there copies nothing. Otherwise, among the
+    nodes that fit, those holding the fewest of the tenant's sandboxes come first (one node's loss
+    takes as little of a tenant's fleet as possible), and among those `strategy` decides by free
+    memory, then CPU. Raises when nothing fits, with numbers a person can act on.
     """
     if not candidates:
         raise errors.Unavailable(f"no node is running in region {region!r}: start a node-agent")
@@ -73,4 +83,8 @@ def choose_node(demand: Demand, candidates: list[Candidate], region: str, prefer
     preferred = [c for c in fitting if c.node_id == prefer]
     if preferred:
         return preferred[0].node_id
+    fewest = min(c.tenant_sandboxes for c in fitting)
+    fitting = [c for c in fitting if c.tenant_sandboxes == fewest]
+    if strategy == "pack":
+        return min(fitting, key=lambda c: (c.memory_free, c.cpu_free, c.node_id)).node_id
     return max(fitting, key=lambda c: (c.memory_free, c.cpu_free, c.node_id)).node_id

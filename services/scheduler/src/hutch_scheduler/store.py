@@ -33,6 +33,13 @@ async def usage_by_node(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
     return {r["node_id"]: (int(r["cpu"]), int(r["memory"])) for r in rows}
 
 
+async def tenant_sandboxes_by_node(conn: asyncpg.Connection, tenant_id: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT node_id, count(*) AS n FROM placements WHERE active AND tenant_id = $1 GROUP BY node_id", tenant_id
+    )
+    return {r["node_id"]: int(r["n"]) for r in rows}
+
+
 async def record(
     conn: asyncpg.Connection,
     sandbox_id: str,

@@ -47,6 +47,24 @@ def memory_mb(value: int) -> int:
     return value
 
 
+# `memory_mb="auto"`: the sandbox starts with this much and grows as it needs, up to its ceiling.
+AUTO_MEMORY_START_MB = 256
+AUTO_MEMORY_CEILING_MB = 4096
+
+
+def memory_request(memory: int | str | None, ceiling: int | None) -> tuple[int, int]:
+    """(memory_mb, memory_ceiling_mb) for a create request; 0 leaves a value to the gateway.
+
+    Raises:
+        InvalidArgumentError: memory is neither a size in MiB nor "auto", or the ceiling is not a size.
+    """
+    if memory == "auto":
+        return AUTO_MEMORY_START_MB, memory_mb(ceiling) if ceiling is not None else AUTO_MEMORY_CEILING_MB
+    if isinstance(memory, str):
+        raise InvalidArgumentError(f'memory_mb must be a whole number of MiB or "auto", not {memory!r}')
+    return (0 if memory is None else memory_mb(memory)), (0 if ceiling is None else memory_mb(ceiling))
+
+
 def lifetime_seconds(timeout: float | None) -> int:
     """Converts a sandbox lifetime in seconds (None or 0: until killed) to the request's field.
 
@@ -100,7 +118,7 @@ def create_request(
     *,
     template: str | None,
     cpu: float | None,
-    memory: int | None,
+    memory: int | str | None,
     name: str | None,
     metadata: Mapping[str, str] | None,
     envs: Mapping[str, str] | None,
@@ -109,17 +127,18 @@ def create_request(
     trust: str | None = None,
     snapshot: str | None = None,
     auto_sleep_after: float | None = None,
+    memory_ceiling: int | None = None,
 ) -> sandbox_pb2.CreateSandboxRequest:
     """Builds the request `Sandbox.create` sends; see there for the arguments.
 
     None (empty or 0 in the request) leaves a value to the gateway: its default, or the snapshot's.
     """
+    memory_start, ceiling = memory_request(memory, memory_ceiling)
     return sandbox_pb2.CreateSandboxRequest(
         template=template or "",
         name=name or "",
-        resources=sandbox_pb2.Resources(
-            cpu_millis=0 if cpu is None else cpu_millis(cpu), memory_mb=0 if memory is None else memory_mb(memory)
-        ),
+        resources=sandbox_pb2.Resources(cpu_millis=0 if cpu is None else cpu_millis(cpu), memory_mb=memory_start),
+        memory_ceiling_mb=ceiling,
         metadata=dict(metadata or {}),
         envs=dict(envs or {}),
         timeout_seconds=lifetime_seconds(timeout),

@@ -108,6 +108,7 @@ class SandboxInfo:
         paused_snapshot: While paused, the snapshot that holds its state; else None.
         auto_sleep_after: Idle seconds after which it goes to sleep, or None (never).
         asleep: Paused because it was idle: any request to it wakes it.
+        memory_ceiling_mb: With automatic memory, the most `memory_mb` may grow to; else None.
     """
 
     id: str
@@ -131,6 +132,7 @@ class SandboxInfo:
     paused_snapshot: str | None = None
     auto_sleep_after: int | None = None
     asleep: bool = False
+    memory_ceiling_mb: int | None = None
 
     @classmethod
     def from_proto(cls, message: sandbox_pb2.Sandbox) -> SandboxInfo:
@@ -157,6 +159,7 @@ class SandboxInfo:
             paused_snapshot=message.paused_snapshot or None,
             auto_sleep_after=message.auto_sleep_after_seconds or None,
             asleep=message.asleep,
+            memory_ceiling_mb=message.memory_ceiling_mb or None,
         )
 
 

@@ -9,7 +9,7 @@ import builtins
 import math
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from hutch._config import resolve
@@ -243,7 +243,7 @@ class AsyncSandbox:
         cls,
         template: str | None = None,
         cpu: float | None = None,
-        memory_mb: int | None = None,
+        memory_mb: int | Literal["auto"] | None = None,
         name: str | None = None,
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,
@@ -254,6 +254,7 @@ class AsyncSandbox:
         snapshot: str | None = None,
         network: NetworkSpec | None = None,
         auto_sleep_after: float | None = None,
+        memory_ceiling_mb: int | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -263,7 +264,9 @@ class AsyncSandbox:
         Args:
             template: The template to start from; None: "base" (with `snapshot`, the snapshot's).
             cpu: vCPUs, e.g. 0.5 or 2; None: 1 (with `snapshot`, what its sandbox had).
-            memory_mb: Memory in MiB; None: 512 (with `snapshot`, what its sandbox had).
+            memory_mb: Memory in MiB; None: 512 (with `snapshot`, what its sandbox had). "auto":
+                start with 256 MiB and let the node raise the limit as the sandbox needs, up to
+                `memory_ceiling_mb` (4096 when None), instead of OOM-killing its processes.
             name: A name unique among this key's live sandboxes: lowercase letters, digits and '-',
                 1 to 63 characters. `connect` and the CLI accept it in place of the id.
             metadata: Key/value pairs to find the sandbox by later (`list(metadata=...)`).
@@ -281,6 +284,7 @@ class AsyncSandbox:
             auto_sleep_after: Put the sandbox to sleep after this many seconds with no call, no open
                 terminal, stream or preview connection and almost no CPU: its memory (gVisor) and
                 files are kept and its CPU and memory freed; the next request wakes it. None: never.
+            memory_ceiling_mb: With it, memory grows automatically from `memory_mb` up to this.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -312,6 +316,7 @@ class AsyncSandbox:
             trust=trust,
             snapshot=snapshot,
             auto_sleep_after=auto_sleep_after,
+            memory_ceiling=memory_ceiling_mb,
         )
         request.network.CopyFrom(policy_message(network))
         source = f"snapshot {snapshot!r}" if snapshot else f"template {template or 'base'!r}"
@@ -775,7 +780,7 @@ class Sandbox:
         cls,
         template: str | None = None,
         cpu: float | None = None,
-        memory_mb: int | None = None,
+        memory_mb: int | Literal["auto"] | None = None,
         name: str | None = None,
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,
@@ -786,6 +791,7 @@ class Sandbox:
         snapshot: str | None = None,
         network: NetworkSpec | None = None,
         auto_sleep_after: float | None = None,
+        memory_ceiling_mb: int | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -795,7 +801,9 @@ class Sandbox:
         Args:
             template: The template to start from; None: "base" (with `snapshot`, the snapshot's).
             cpu: vCPUs, e.g. 0.5 or 2; None: 1 (with `snapshot`, what its sandbox had).
-            memory_mb: Memory in MiB; None: 512 (with `snapshot`, what its sandbox had).
+            memory_mb: Memory in MiB; None: 512 (with `snapshot`, what its sandbox had). "auto":
+                start with 256 MiB and let the node raise the limit as the sandbox needs, up to
+                `memory_ceiling_mb` (4096 when None), instead of OOM-killing its processes.
             name: A name unique among this key's live sandboxes: lowercase letters, digits and '-',
                 1 to 63 characters. `connect` and the CLI accept it in place of the id.
             metadata: Key/value pairs to find the sandbox by later (`list(metadata=...)`).
@@ -813,6 +821,7 @@ class Sandbox:
             auto_sleep_after: Put the sandbox to sleep after this many seconds with no call, no open
                 terminal, stream or preview connection and almost no CPU: its memory (gVisor) and
                 files are kept and its CPU and memory freed; the next request wakes it. None: never.
+            memory_ceiling_mb: With it, memory grows automatically from `memory_mb` up to this.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -847,6 +856,7 @@ class Sandbox:
                     snapshot=snapshot,
                     network=network,
                     auto_sleep_after=auto_sleep_after,
+                    memory_ceiling_mb=memory_ceiling_mb,
                     api_key=api_key,
                     endpoint=endpoint,
                     request_timeout=request_timeout,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from hutch.core import db, events, outbox, telemetry
-from hutch.core.bus import Bus, ConsumerSpec, nodes_bucket, sandbox_stream
+from hutch.core.bus import Bus, ConsumerSpec, fenced_bucket, nodes_bucket, sandbox_stream
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.core.nodes import NodeDirectory
@@ -70,7 +70,10 @@ async def run(settings: GatewaySettings) -> None:
 
             relay = outbox.OutboxRelay(pool, bus)
             feed = ChangeFeed(settings.postgres.dsn.get_secret_value())
-            nodes = NodeDirectory(await bus.kv(nodes_bucket(region)), options.node_grace_s)
+            # A node the scheduler fenced (declared lost) is unreachable whatever its heartbeats say.
+            nodes = NodeDirectory(
+                await bus.kv(nodes_bucket(region)), options.node_grace_s, fenced=await bus.kv(fenced_bucket(region))
+            )
             channels = NodeChannels(settings.internal_token.get_secret_value(), settings.grpc.max_message_bytes)
             preview = PreviewSite(
                 domain=options.preview_domain,
@@ -162,6 +165,7 @@ async def run(settings: GatewaySettings) -> None:
                         events.SANDBOX_STARTED,
                         events.SANDBOX_FAILED,
                         events.SANDBOX_STOPPED,
+                        events.SANDBOX_RESIZED,
                     )
                 ),
             )

@@ -54,6 +54,7 @@ def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
         paused_snapshot=record.paused_snapshot if record.state == State.PAUSED or record.resuming else "",
         auto_sleep_after_seconds=record.auto_sleep_after_s,
         asleep=record.asleep and record.state == State.PAUSED,
+        memory_ceiling_mb=record.memory_ceiling_mb,
     )
 
 

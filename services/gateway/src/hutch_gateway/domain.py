@@ -75,6 +75,8 @@ class CreateRequest:
     network: dict[str, list[str]] = field(default_factory=dict)
     # Idle seconds before it goes to sleep; 0: never.
     auto_sleep_after_s: int = 0
+    # Automatic memory up to this many MB; 0: memory_mb is fixed.
+    memory_ceiling_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class SandboxRecord:
     auto_sleep_after_s: int = 0
     # PAUSED by its idle policy rather than a pause call: any request wakes it (migration 0008).
     asleep: bool = False
+    memory_ceiling_mb: int = 0
 
     @property
     def resuming(self) -> bool:
@@ -136,6 +139,7 @@ def restart_request(record: SandboxRecord) -> CreateRequest:
         isolation=record.isolation,
         network={key: list(values) for key, values in record.network.items()},
         auto_sleep_after_s=record.auto_sleep_after_s,
+        memory_ceiling_mb=record.memory_ceiling_mb,
     )
 
 
@@ -160,6 +164,7 @@ def validate_create(
     snapshot: str = "",
     network: dict[str, list[str]] | None = None,
     auto_sleep_after_s: int = 0,
+    memory_ceiling_mb: int = 0,
 ) -> CreateRequest:
     """Checks a create request and fills in defaults; raises InvalidArgument naming the bad field.
 
@@ -177,6 +182,7 @@ def validate_create(
         cpu_millis = cpu_millis or DEFAULT_CPU_MILLIS
         memory_mb = memory_mb or DEFAULT_MEMORY_MB
     check_resources(cpu_millis, memory_mb, limits)
+    check_memory_ceiling(memory_ceiling_mb, memory_mb, limits)
     if timeout_seconds > MAX_TIMEOUT_S:
         raise errors.InvalidArgument(f"timeout must be at most {MAX_TIMEOUT_S} seconds; use 0 for no timeout")
     check_metadata(metadata)
@@ -196,7 +202,20 @@ def validate_create(
         snapshot,
         network=checked,
         auto_sleep_after_s=auto_sleep_after_s,
+        memory_ceiling_mb=memory_ceiling_mb,
     )
+
+
+def check_memory_ceiling(ceiling_mb: int, memory_mb: int, limits: Limits) -> None:
+    """Automatic memory grows from memory_mb (0: the default or the snapshot's) up to the ceiling."""
+    if not ceiling_mb:
+        return
+    if ceiling_mb > limits.max_memory_mb:
+        raise errors.InvalidArgument(f"memory_ceiling_mb must be at most {limits.max_memory_mb} (got {ceiling_mb})")
+    if memory_mb and ceiling_mb < memory_mb:
+        raise errors.InvalidArgument(
+            f"memory_ceiling_mb ({ceiling_mb}) must be at least the memory the sandbox starts with ({memory_mb} MB)"
+        )
 
 
 def check_auto_sleep(seconds: int) -> None:

@@ -32,6 +32,7 @@ def requested(
         prefer_node=prefer_node,
         network=network_pb2.NetworkPolicy(**request.network),
         auto_sleep_after_seconds=record.auto_sleep_after_s,
+        memory_ceiling_mb=record.memory_ceiling_mb,
     )
     return Envelope(
         kind=events.SANDBOX_REQUESTED,

@@ -87,6 +87,7 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             snapshot=request.snapshot,
             network=network_lists(request.network),
             auto_sleep_after_s=request.auto_sleep_after_seconds,
+            memory_ceiling_mb=request.memory_ceiling_mb,
         )
         return convert.sandbox(await self._service.create(tenant, create))
 

@@ -56,18 +56,43 @@ class SandboxProjection:
             elif kind is events.SANDBOX_FAILED:
                 failed = cast(ev.SandboxFailed, envelope.payload)
                 ended = await self._failed(conn, failed, events.incarnation_of(envelope.id, failed.sandbox_id))
+            elif kind is events.SANDBOX_RESIZED:
+                # Also the gateway's own resizes, whose row already holds the size: a no-op then.
+                resized = cast(ev.SandboxResized, envelope.payload)
+                await store.node_resized(
+                    conn,
+                    resized.sandbox_id,
+                    resized.node_id,
+                    resized.resources.cpu_millis,
+                    resized.resources.memory_mb,
+                )
             elif kind is events.SANDBOX_STOPPED:
                 stopped = cast(ev.SandboxStopped, envelope.payload)
-                # A paused sandbox is on no node, so a stop cannot be its own: PAUSED is not among these.
-                ended = await store.set_state(
-                    conn,
-                    stopped.sandbox_id,
-                    State.KILLED,
-                    (State.PENDING, State.RUNNING, State.STOPPING),
-                    reason=STOP_REASONS.get(stopped.reason, stopped.reason or "stopped"),
-                )
+                ended = await self._stopped(conn, stopped, envelope.id)
         if ended is not None and ended.state.ended and ended.paused_snapshot and self._janitor is not None:
             self._janitor.forget(ended.tenant_id, ended.paused_snapshot)  # its last pause's state is not needed
+
+    async def _stopped(
+        self, conn: asyncpg.Connection, stopped: ev.SandboxStopped, event_id: str
+    ) -> SandboxRecord | None:
+        # A loss names the start it ended (`<sandbox>.lost[.<incarnation>]`); a node's own stop names
+        # the node, and a node's stop of a sandbox now recorded on another node is stale (e.g. a fenced
+        # node stopping what was restarted elsewhere).
+        incarnation = events.incarnation_of(event_id, stopped.sandbox_id) if stopped.reason == "lost" else None
+        if stopped.node_id and stopped.reason != "lost":
+            record = await store.get(conn, stopped.sandbox_id)
+            if record is not None and record.node_id and record.node_id != stopped.node_id:
+                log.info("ignoring a stop of %s from %s: it runs on %s", record.id, stopped.node_id, record.node_id)
+                return None
+        # A paused sandbox is on no node, so a stop cannot be its own: PAUSED is not among these.
+        return await store.set_state(
+            conn,
+            stopped.sandbox_id,
+            State.KILLED,
+            (State.PENDING, State.RUNNING, State.STOPPING),
+            reason=STOP_REASONS.get(stopped.reason, stopped.reason or "stopped"),
+            incarnation=incarnation,
+        )
 
     async def _failed(
         self, conn: asyncpg.Connection, failed: ev.SandboxFailed, incarnation: str | None

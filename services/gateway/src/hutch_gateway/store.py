@@ -24,7 +24,7 @@ _COLUMNS = (
     "id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, timeout_seconds, region, "
     "node_id, error_code, state_reason, created_at, started_at, ended_at, isolation, expires_at, public_ports, "
     "source_snapshot, forked_from, paused_snapshot, paused_node, incarnation, timeout_left_s, envs, network, "
-    "auto_sleep_after_s, asleep"
+    "auto_sleep_after_s, asleep, memory_ceiling_mb"
 )
 
 
@@ -63,6 +63,7 @@ def _record(row: asyncpg.Record) -> SandboxRecord:
         network=lists_from(row["network"]),
         auto_sleep_after_s=row["auto_sleep_after_s"],
         asleep=row["asleep"],
+        memory_ceiling_mb=row["memory_ceiling_mb"],
     )
 
 
@@ -147,9 +148,9 @@ async def insert_sandbox(
         row = await conn.fetchrow(
             f"INSERT INTO sandboxes (id, tenant_id, name, template, state, cpu_millis, memory_mb, metadata, "
             f"timeout_seconds, region, isolation, envs, source_snapshot, forked_from, incarnation, network, "
-            f"auto_sleep_after_s) "
+            f"auto_sleep_after_s, memory_ceiling_mb) "
             f"VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7::jsonb, $8, $9, $10, $11::jsonb, $12, $13, $12, "
-            f"$14::jsonb, $15) "
+            f"$14::jsonb, $15, $16) "
             f"RETURNING {_COLUMNS}",
             sandbox_id,
             tenant_id,
@@ -166,6 +167,7 @@ async def insert_sandbox(
             forked_from,
             json.dumps(request.network),
             request.auto_sleep_after_s,
+            request.memory_ceiling_mb,
         )
     except asyncpg.UniqueViolationError:
         raise errors.AlreadyExists(
@@ -451,6 +453,25 @@ async def set_resources(conn: asyncpg.Connection, sandbox_id: str, cpu_millis: i
         cpu_millis,
         memory_mb,
     )
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def node_resized(
+    conn: asyncpg.Connection, sandbox_id: str, node_id: str, cpu_millis: int, memory_mb: int
+) -> SandboxRecord | None:
+    """A size its node gave a running sandbox by itself (automatic memory); None when the sandbox
+    no longer runs there."""
+    row = await conn.fetchrow(
+        f"UPDATE sandboxes SET cpu_millis = $3, memory_mb = $4 WHERE id = $1 AND node_id = $2 AND state = 'running' "
+        f"RETURNING {_COLUMNS}",
+        sandbox_id,
+        node_id,
+        cpu_millis,
+        memory_mb,
+    )
+    if row is None:
+        return None
     await notify(conn, sandbox_id)
     return _record(row)
 

@@ -6,19 +6,22 @@ import asyncio
 import logging
 
 from hutch.core import telemetry
-from hutch.core.bus import Bus, ConsumerSpec, node_command_stream, nodes_bucket
+from hutch.core.bus import Bus, ConsumerSpec, fenced_bucket, node_command_stream, nodes_bucket
 from hutch.core.events import node_command_subject
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.internal.v1 import node_agent_pb2_grpc
 from hutch_node_agent import egress_registrar
+from hutch_node_agent.cgroup_limits import CgroupLimits
 from hutch_node_agent.cgroup_stats import CgroupStats
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest
 from hutch_node_agent.events_out import NodeEvents
+from hutch_node_agent.fencing import FENCED, FenceGuard
 from hutch_node_agent.grpc_api import NodeAgentServicer
 from hutch_node_agent.handlers import CommandHandler
 from hutch_node_agent.heartbeat import Heartbeat
 from hutch_node_agent.idle_watcher import IdleWatcher
+from hutch_node_agent.memory_autoscaler import MemoryAutoscaler
 from hutch_node_agent.metering import Metering
 from hutch_node_agent.node import assemble
 from hutch_node_agent.settings import NodeAgentSettings
@@ -41,7 +44,8 @@ async def run(settings: NodeAgentSettings) -> None:
             async def on_stopped(sandbox: LocalSandbox, reason: str) -> None:
                 if registrar is not None:
                     await registrar.stopped(sandbox.id)
-                await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
+                if reason != FENCED:  # a fenced node's sandboxes were already reported lost
+                    await node_events.stopped(sandbox.id, sandbox.request.tenant_id, reason)
                 changed.set()
 
             # Before the node is assembled: its restart recovery hands ended sandboxes to the metering.
@@ -67,8 +71,15 @@ async def run(settings: NodeAgentSettings) -> None:
                 snapshot_store=store_link,
                 on_resized=on_resized,
             )
-            for ended in await node.manager.recover():
-                await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
+            guard = FenceGuard(await bus.kv(fenced_bucket(settings.region)), options.id, node.manager)
+            ended_while_away = await node.manager.recover()
+            fenced = await guard.fenced()
+            if fenced is not None:
+                # Declared lost while away: those ends were reported as losses; the rest is stopped below.
+                log.warning("node %s was declared lost at %s", options.id, fenced.fenced_at.isoformat())
+            else:
+                for ended in ended_while_away:
+                    await node_events.stopped(ended.id, ended.request.tenant_id, "exited")
 
             heartbeat = Heartbeat(
                 await bus.kv(nodes_bucket(settings.region)),
@@ -78,6 +89,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 node.templates,
                 sorted(node.runtimes),
                 changed,
+                guard,
             )
             token = settings.internal_token.get_secret_value()
             registrar = egress_registrar.for_node(options, token, node.manager.all, node.networks)
@@ -89,6 +101,12 @@ async def run(settings: NodeAgentSettings) -> None:
             )
             address = f"{options.advertise_host}:{server.port}"
             heartbeat.address = address
+            if fenced is not None:
+                # Before taking commands or heartbeating: nothing stale may run once the node is back.
+                try:
+                    await heartbeat.check_fence()
+                except Exception:
+                    log.exception("clearing the fence failed; the heartbeat loop tries again")
             commands = ConsumerSpec(
                 stream=node_command_stream(settings.region),
                 durable=f"node-{options.id}",
@@ -96,6 +114,9 @@ async def run(settings: NodeAgentSettings) -> None:
                 max_in_flight=16,
             )
             idle = IdleWatcher(node.manager.activity, CgroupStats(options.cgroup_parent), node_events.idle)
+            memory = MemoryAutoscaler(
+                node.manager, CgroupLimits(options.cgroup_parent), node_events.grown, node_events.memory_capped
+            )
             handler = CommandHandler(node.manager, node.snapshots, node_events, changed, registrar)
             log.info("node-agent %s serving on %s (region %s)", options.id, address, settings.region)
             try:
@@ -105,6 +126,7 @@ async def run(settings: NodeAgentSettings) -> None:
                     bus.consume(commands, handler, shutdown),
                     metering.run(node.manager, shutdown),
                     idle.run(node.manager.all, shutdown),
+                    memory.run(shutdown),
                     *([registrar.run(shutdown)] if registrar is not None else []),
                 )
             finally:

@@ -123,3 +123,41 @@ class CgroupLimits:
         else:
             _write(limit, str(memory_bytes))
             _write(memsw, str(memory_bytes))
+
+    # -- automatic memory (memory_autoscaler.py) -------------------------------------------
+
+    def memory_pressure(self, sandbox_id: str) -> MemoryPressure | None:
+        """Usage and limit now, and whether the cgroup's tasks wait at the limit (v1 with the OOM
+        killer off); None when the cgroup is gone."""
+        folder = self._memory(sandbox_id)
+        try:
+            if self.unified:
+                limit = _read(folder / "memory.max")
+                return MemoryPressure(
+                    int(_read(folder / "memory.current")), -1 if limit == "max" else int(limit), False
+                )
+            control = dict(line.split() for line in _read(folder / "memory.oom_control").splitlines() if " " in line)
+            return MemoryPressure(
+                int(_read(folder / "memory.usage_in_bytes")),
+                int(_read(folder / "memory.limit_in_bytes")),
+                control.get("under_oom") == "1",
+            )
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def hold_at_limit(self, sandbox_id: str, hold: bool) -> bool:
+        """cgroup v1: with `hold`, tasks that reach the limit wait for more memory instead of being
+        OOM-killed (so there is time to raise the limit); without it the kernel kills as usual.
+        False where the cgroup version has no such switch (v2)."""
+        if self.unified:
+            return False
+        _write(self._memory(sandbox_id) / "memory.oom_control", "1" if hold else "0")
+        return True
+
+
+@dataclass(frozen=True)
+class MemoryPressure:
+    usage_bytes: int
+    limit_bytes: int
+    # Tasks are waiting at the limit (v1, held).
+    waiting: bool

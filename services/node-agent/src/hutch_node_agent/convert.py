@@ -38,6 +38,7 @@ def request_from_spec(spec: ev.SandboxSpec) -> SandboxRequest:
             "passthrough": list(spec.network.passthrough),
         },
         auto_sleep_after_s=spec.auto_sleep_after_seconds,
+        memory_ceiling_mb=spec.memory_ceiling_mb,
     )
 
 

@@ -46,6 +46,8 @@ class SandboxRequest:
     network: dict[str, list[str]] = field(default_factory=dict)
     # Report it idle (sandbox.idle) after this many seconds unused; 0: never.
     auto_sleep_after_s: int = 0
+    # Automatic memory: grow memory_mb as needed up to this (memory_autoscaler.py); 0: fixed.
+    memory_ceiling_mb: int = 0
 
     @property
     def incarnation(self) -> str:

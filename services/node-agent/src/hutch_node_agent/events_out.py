@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hutch.core import errors, events
 from hutch.core.bus import Bus
 from hutch.events.v1 import sandbox_pb2 as ev
+from hutch.v1.sandbox_pb2 import Resources
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest
 
 M = TypeVar("M", bound=Message)
@@ -75,6 +76,41 @@ class NodeEvents:
         await self._publish(
             events.SANDBOX_IDLE,
             f"{sandbox.id}.idle{sandbox.request.incarnation}.{int(idle_since.timestamp())}",
+            sandbox.request.tenant_id,
+            sandbox.id,
+            payload,
+        )
+
+    async def grown(self, sandbox: LocalSandbox, previous_memory_mb: int) -> None:
+        """The node raised a sandbox's memory by itself (automatic memory)."""
+        now = sandbox.request
+        payload = ev.SandboxResized(
+            sandbox_id=sandbox.id,
+            node_id=self._node_id,
+            resources=Resources(cpu_millis=now.cpu_millis, memory_mb=now.memory_mb),
+            previous=Resources(cpu_millis=now.cpu_millis, memory_mb=previous_memory_mb),
+            resized_at=_timestamp(),
+        )
+        await self._publish(
+            events.SANDBOX_RESIZED,
+            f"{sandbox.id}.grown{now.incarnation}.{now.memory_mb}",
+            now.tenant_id,
+            sandbox.id,
+            payload,
+        )
+
+    async def memory_capped(self, sandbox: LocalSandbox, reason: str) -> None:
+        payload = ev.SandboxMemoryCapped(
+            sandbox_id=sandbox.id,
+            node_id=self._node_id,
+            memory_mb=sandbox.request.memory_mb,
+            ceiling_mb=sandbox.request.memory_ceiling_mb,
+            reason=reason,
+            capped_at=_timestamp(),
+        )
+        await self._publish(
+            events.SANDBOX_MEMORY_CAPPED,
+            f"{sandbox.id}.capped{sandbox.request.incarnation}.{sandbox.request.memory_mb}",
             sandbox.request.tenant_id,
             sandbox.id,
             payload,

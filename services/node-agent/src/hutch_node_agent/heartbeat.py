@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.kv import KeyValue
 
 from hutch.events.v1 import node_pb2
+from hutch_node_agent.fencing import FenceGuard
 from hutch_node_agent.sandboxes import SandboxManager
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.templates import TemplateStore
@@ -30,8 +31,11 @@ class Heartbeat:
         templates: TemplateStore,
         isolation_classes: list[str],
         changed: asyncio.Event,
+        guard: FenceGuard | None = None,
     ) -> None:
         self._kv = kv
+        # Checked before every heartbeat: a fenced node stops what it runs before it speaks again.
+        self._guard = guard
         self._options = options
         self._region = region
         # host:port of the data plane, known once the gRPC server listens.
@@ -48,6 +52,16 @@ class Heartbeat:
         """Publishes the node's state now (also called right after its templates change, so that
         placement sees a new template before the import that installed it returns)."""
         await self._kv.put(self._options.id, self.message().SerializeToString())
+
+    async def beat_as_new_run(self) -> None:
+        """Heartbeats under a new epoch (started_at): the run the scheduler gave up on is over."""
+        self._started_at = Timestamp()
+        self._started_at.FromDatetime(datetime.now(UTC))
+        await self.beat()
+
+    async def check_fence(self) -> bool:
+        """Clears this node's fence if it has one (see `fencing.FenceGuard.clear`)."""
+        return self._guard is not None and await self._guard.clear(self.beat_as_new_run)
 
     def message(self) -> node_pb2.NodeHeartbeat:
         cpu, memory = self._manager.allocated()
@@ -72,7 +86,8 @@ class Heartbeat:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self.beat()
+                if not await self.check_fence():
+                    await self.beat()
             except Exception as exc:  # NATS away: keep trying; missed beats are what node loss means
                 log.warning("heartbeat failed: %r", exc)
             with contextlib.suppress(TimeoutError):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 from hutch.core import db, events, outbox, telemetry
-from hutch.core.bus import Bus, ConsumerSpec, nodes_bucket, sandbox_stream
+from hutch.core.bus import Bus, ConsumerSpec, fenced_bucket, node_command_stream, nodes_bucket, sandbox_stream
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.core.nodes import NodeDirectory
 from hutch_scheduler.handlers import SchedulerHandler
+from hutch_scheduler.node_loss import NodeLossWatcher
 from hutch_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,19 @@ async def run(settings: SchedulerSettings) -> None:
         ):
             await db.migrate(pool, SCHEMA, [*outbox.MIGRATIONS, *db.load_migrations("hutch_scheduler", SCHEMA)])
             relay = outbox.OutboxRelay(pool, bus)
-            nodes = NodeDirectory(await bus.kv(nodes_bucket(region)), settings.scheduler.node_grace_s)
-            handler = SchedulerHandler(pool, nodes, relay, region, settings.scheduler)
+            options = settings.scheduler
+            heartbeats, fences = await bus.kv(nodes_bucket(region)), await bus.kv(fenced_bucket(region))
+            nodes = NodeDirectory(heartbeats, options.node_grace_s, fenced=fences)
+            handler = SchedulerHandler(pool, nodes, relay, region, options)
+
+            async def drop_commands(node_id: str) -> None:
+                await bus.js.purge_stream(
+                    node_command_stream(region).name, subject=events.node_command_subject(region, node_id)
+                )
+
+            losses = NodeLossWatcher(
+                pool, nodes, heartbeats, fences, relay, region, options.node_lost_after_s, drop_commands
+            )
             consumer = ConsumerSpec(
                 stream=sandbox_stream(region),
                 durable="scheduler",
@@ -51,6 +63,7 @@ async def run(settings: SchedulerSettings) -> None:
                     shutdown,
                     nodes.run(shutdown),
                     relay.run(shutdown),
+                    losses.run(shutdown, options.node_loss_check_s),
                     _consume_when_loaded(bus, nodes, consumer, handler, shutdown),
                 )
             finally:

@@ -86,3 +86,18 @@ async def resize(conn: asyncpg.Connection | asyncpg.Pool, sandbox_id: str, cpu_m
         cpu_millis,
         memory_mb,
     )
+
+
+async def nodes_with_active_placements(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    rows = await conn.fetch("SELECT DISTINCT node_id FROM placements WHERE active AND node_id IS NOT NULL")
+    return {r["node_id"] for r in rows}
+
+
+async def lose_node(conn: asyncpg.Connection, node_id: str) -> list[tuple[str, str, str]]:
+    """Releases every active placement on a lost node; returns (sandbox, incarnation, tenant) of each."""
+    rows = await conn.fetch(
+        "UPDATE placements SET active = false, released_at = now() "
+        "WHERE node_id = $1 AND active RETURNING sandbox_id, incarnation, tenant_id",
+        node_id,
+    )
+    return [(r["sandbox_id"], r["incarnation"], r["tenant_id"]) for r in rows]

@@ -83,6 +83,11 @@ def nodes_bucket(region: str) -> str:
     return f"nodes_{region.replace('-', '_')}"
 
 
+def fenced_bucket(region: str) -> str:
+    """Nodes the scheduler declared lost, one key per node (see `hutch.core.nodes.Fence`)."""
+    return f"fenced_{region.replace('-', '_')}"
+
+
 @dataclass(frozen=True)
 class ConsumerSpec:
     stream: StreamSpec

@@ -2,12 +2,19 @@
 
 Node-agents rewrite their key every few seconds. A node whose last heartbeat is older than the grace
 period is not alive: the scheduler places nothing on it and the gateway reports it unreachable.
+
+A node silent for much longer is declared lost by the scheduler, which first fences it: a key in the
+fenced bucket (`hutch.core.bus.fenced_bucket`) that says which run of the node (its heartbeats'
+`started_at`, the epoch) was given up on. A fenced node is not alive whatever its heartbeats say,
+until the node-agent itself has stopped every sandbox it still ran and removed the key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +38,8 @@ class NodeInfo:
     templates: frozenset[str]
     isolation_classes: frozenset[str]
     sent_at: datetime
+    # When this run of the node-agent started (its epoch); None when the heartbeat does not say.
+    started_at: datetime | None = None
 
     @classmethod
     def from_heartbeat(cls, beat: node_pb2.NodeHeartbeat) -> NodeInfo:
@@ -45,28 +54,92 @@ class NodeInfo:
             templates=frozenset(beat.templates),
             isolation_classes=frozenset(beat.isolation_classes),
             sent_at=beat.sent_at.ToDatetime(tzinfo=UTC),
+            started_at=beat.started_at.ToDatetime(tzinfo=UTC) if beat.HasField("started_at") else None,
         )
 
 
-class NodeDirectory:
-    """A live view of the node KV bucket, kept current by a watcher."""
+@dataclass(frozen=True)
+class Fence:
+    """A node declared lost: nothing may be routed to it, and what it still runs is stale.
 
-    def __init__(self, kv: KeyValue, grace_s: float = 10.0) -> None:
+    Stored as JSON under the node's id in the fenced bucket; the node-agent deletes it once it has
+    stopped its sandboxes, and heartbeats from then on as a new run (a new epoch).
+    """
+
+    node_id: str
+    fenced_at: datetime
+    # The run of the node that was lost (its heartbeats' started_at), and its last heartbeat.
+    epoch: datetime | None = None
+    last_heartbeat: datetime | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "node_id": self.node_id,
+                "fenced_at": self.fenced_at.isoformat(),
+                "epoch": self.epoch.isoformat() if self.epoch else None,
+                "last_heartbeat": self.last_heartbeat.isoformat() if self.last_heartbeat else None,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, node_id: str, value: bytes) -> Fence:
+        """The fence stored under `node_id`; an unreadable value still fences the node."""
+        try:
+            data = json.loads(value)
+            return cls(
+                node_id=node_id,
+                fenced_at=datetime.fromisoformat(data["fenced_at"]),
+                epoch=datetime.fromisoformat(data["epoch"]) if data.get("epoch") else None,
+                last_heartbeat=datetime.fromisoformat(data["last_heartbeat"]) if data.get("last_heartbeat") else None,
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable fence for %s; treating the node as fenced", node_id)
+            return cls(node_id=node_id, fenced_at=datetime.now(UTC))
+
+
+class NodeDirectory:
+    """A live view of the node KV bucket (and, when given, the fenced bucket), kept current by watchers."""
+
+    def __init__(self, kv: KeyValue, grace_s: float = 10.0, fenced: KeyValue | None = None) -> None:
         self._kv = kv
+        self._fenced_kv = fenced
         self._grace = timedelta(seconds=grace_s)
         self._nodes: dict[str, NodeInfo] = {}
+        self._fences: dict[str, Fence] = {}
         self._loaded = asyncio.Event()
+        self._fences_loaded = asyncio.Event()
+        if fenced is None:
+            self._fences_loaded.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        watches = [self._keep_watching(self._kv, self._apply, self._loaded, stop)]
+        if self._fenced_kv is not None:
+            watches.append(self._keep_watching(self._fenced_kv, self._apply_fence, self._fences_loaded, stop))
+        await asyncio.gather(*watches)
+
+    async def _keep_watching(
+        self,
+        kv: KeyValue,
+        apply: Callable[[str, bytes | None, str | None], None],
+        loaded: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
         while not stop.is_set():
             try:
-                await self._watch(stop)
+                await self._watch(kv, apply, loaded, stop)
             except Exception as exc:  # NATS away or the watch consumer expired: watch again
                 log.warning("node directory watch restarting: %r", exc)
                 await asyncio.sleep(0.5)
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        watcher = await self._kv.watchall()
+    async def _watch(
+        self,
+        kv: KeyValue,
+        apply: Callable[[str, bytes | None, str | None], None],
+        loaded: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        watcher = await kv.watchall()
         quiet_since = asyncio.get_running_loop().time()
         try:
             while not stop.is_set():
@@ -79,9 +152,9 @@ class NodeDirectory:
                     continue
                 quiet_since = asyncio.get_running_loop().time()
                 if entry is None:
-                    self._loaded.set()
+                    loaded.set()
                     continue
-                self._apply(entry.key, entry.value, entry.operation)
+                apply(entry.key, entry.value, entry.operation)
         finally:
             try:
                 await watcher.stop()
@@ -100,14 +173,33 @@ class NodeDirectory:
             return
         self._nodes[key] = NodeInfo.from_heartbeat(beat)
 
+    def _apply_fence(self, key: str, value: bytes | None, operation: str | None) -> None:
+        if operation in (KV_DEL, KV_PURGE) or not value:
+            if self._fences.pop(key, None) is not None:
+                log.info("node %s is no longer fenced", key)
+            return
+        self._fences[key] = Fence.decode(key, value)
+
     async def loaded(self, timeout_s: float = 5.0) -> None:
-        """Waits until the watcher has read every key once."""
-        await asyncio.wait_for(self._loaded.wait(), timeout_s)
+        """Waits until the watchers have read every key once."""
+        async with asyncio.timeout(timeout_s):
+            await self._loaded.wait()
+            await self._fences_loaded.wait()
 
     def get(self, node_id: str) -> NodeInfo | None:
         return self._nodes.get(node_id)
 
+    def fence(self, node_id: str) -> Fence | None:
+        """The node's fence, if it was declared lost and has not come back clean since."""
+        return self._fences.get(node_id)
+
+    def note_fence(self, fence: Fence) -> None:
+        """Records a fence just written, before the watcher reports it."""
+        self._fences[fence.node_id] = fence
+
     def is_alive(self, node: NodeInfo, now: datetime | None = None) -> bool:
+        if node.node_id in self._fences:
+            return False  # declared lost: whatever it still runs is stale
         return (now or datetime.now(UTC)) - node.sent_at <= self._grace
 
     def all(self) -> list[NodeInfo]:

@@ -124,6 +124,7 @@ class Sandbox(_message.Message):
     PAUSED_SNAPSHOT_FIELD_NUMBER: _builtins.int
     AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     ASLEEP_FIELD_NUMBER: _builtins.int
+    MEMORY_CEILING_MB_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template: _builtins.str
@@ -145,6 +146,8 @@ class Sandbox(_message.Message):
     """Idle seconds after which the sandbox goes to sleep (0: never)."""
     asleep: _builtins.bool
     """PAUSED because it was idle, not by a pause call: any request to it wakes it."""
+    memory_ceiling_mb: _builtins.int
+    """With automatic memory: the most its memory may grow to (resources.memory_mb is what it has now)."""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -191,10 +194,11 @@ class Sandbox(_message.Message):
         paused_snapshot: _builtins.str = ...,
         auto_sleep_after_seconds: _builtins.int = ...,
         asleep: _builtins.bool = ...,
+        memory_ceiling_mb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "network", b"network", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asleep", b"asleep", "auto_sleep_after_seconds", b"auto_sleep_after_seconds", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asleep", b"asleep", "auto_sleep_after_seconds", b"auto_sleep_after_seconds", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,6 +259,7 @@ class CreateSandboxRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_CEILING_MB_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """Template name; "base" when empty."""
     name: _builtins.str
@@ -275,6 +280,11 @@ class CreateSandboxRequest(_message.Message):
     """Put the sandbox to sleep (a pause that keeps memory under gVisor and files under both) after
     this many seconds with no API call, no open terminal, process stream or preview connection,
     and almost no CPU; any later request to it wakes it. 0: never.
+    """
+    memory_ceiling_mb: _builtins.int
+    """Automatic memory: the sandbox starts with resources.memory_mb and its node raises the limit
+    as its processes need more, up to this many MB, instead of letting the kernel OOM-kill them.
+    0: a fixed limit.
     """
     @_builtins.property
     def resources(self) -> Global___Resources: ...
@@ -302,10 +312,11 @@ class CreateSandboxRequest(_message.Message):
         network: _network_pb2.NetworkPolicy | None = ...,
         snapshot: _builtins.str = ...,
         auto_sleep_after_seconds: _builtins.int = ...,
+        memory_ceiling_mb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -85,6 +85,7 @@ class SandboxSpec(_message.Message):
     PREFER_NODE_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_CEILING_MB_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
@@ -102,6 +103,8 @@ class SandboxSpec(_message.Message):
     """Placement hint: the node that holds the snapshot (a fork's parent, where it was paused)."""
     auto_sleep_after_seconds: _builtins.int
     """Idle seconds after which its node reports it idle (sandbox.idle); 0: never."""
+    memory_ceiling_mb: _builtins.int
+    """Automatic memory up to this many MB (0: a fixed limit)."""
     @_builtins.property
     def resources(self) -> _sandbox_pb2.Resources: ...
     @_builtins.property
@@ -129,10 +132,11 @@ class SandboxSpec(_message.Message):
         prefer_node: _builtins.str = ...,
         network: _network_pb2.NetworkPolicy | None = ...,
         auto_sleep_after_seconds: _builtins.int = ...,
+        memory_ceiling_mb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,3 +427,44 @@ class SandboxResized(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SandboxResized: _TypeAlias = SandboxResized  # noqa: Y015
+
+@_typing.final
+class SandboxMemoryCapped(_message.Message):
+    """hutch.<region>.sandbox.memory_capped: a sandbox with automatic memory needed more than it may
+    get (its ceiling, or what its node has free); from now its processes meet the kernel's usual
+    out-of-memory handling at its current limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    CEILING_MB_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CAPPED_AT_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    node_id: _builtins.str
+    memory_mb: _builtins.int
+    ceiling_mb: _builtins.int
+    reason: _builtins.str
+    """In words a person can act on."""
+    @_builtins.property
+    def capped_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        memory_mb: _builtins.int = ...,
+        ceiling_mb: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        capped_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capped_at", b"capped_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capped_at", b"capped_at", "ceiling_mb", b"ceiling_mb", "memory_mb", b"memory_mb", "node_id", b"node_id", "reason", b"reason", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxMemoryCapped: _TypeAlias = SandboxMemoryCapped  # noqa: Y015

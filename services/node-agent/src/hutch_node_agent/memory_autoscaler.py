@@ -1,0 +1,110 @@
+"""Automatic memory: raises a sandbox's memory limit before its processes would be OOM-killed.
+
+A sandbox created with a memory ceiling starts with its memory_mb and grows up to the ceiling.
+On cgroup v1 the OOM killer of its cgroup is switched off while it may still grow, so a process
+that reaches the limit waits for memory instead of dying; every POLL_S the node looks at each such
+sandbox and, when its usage is above GROW_AT of its limit or its tasks are waiting, raises the
+limit (by half, at least GROW_MIN_MB, at most to the ceiling) through the same path as a resize
+(the node's free memory is checked, the record, config and metering follow, the scheduler and the
+gateway learn the size from `sandbox.resized`). When it cannot grow (ceiling reached, node full)
+the OOM killer is switched back on and `sandbox.memory_capped` tells the owner. On cgroup v2 there
+is no such switch: growth relies on the polling alone, so a process that allocates faster than
+one limit step per POLL_S can still meet the OOM killer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from hutch.core import errors
+from hutch_node_agent.cgroup_limits import CgroupLimits, MemoryPressure
+from hutch_node_agent.domain import LocalSandbox
+from hutch_node_agent.sandboxes import SandboxManager
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+GROW_AT = 0.8
+GROW_MIN_MB = 128
+GROW_STEP_MB = 64
+
+Capped = Callable[[LocalSandbox, str], Awaitable[None]]
+Grown = Callable[[LocalSandbox, int], Awaitable[None]]
+
+
+def next_limit_mb(pressure: MemoryPressure, current_mb: int, ceiling_mb: int) -> int | None:
+    """The limit to grow to now, or None while the sandbox has room enough. Pure."""
+    limit = pressure.limit_bytes if pressure.limit_bytes > 0 else current_mb * 2**20
+    if not pressure.waiting and pressure.usage_bytes < GROW_AT * limit:
+        return None
+    usage_mb = pressure.usage_bytes / 2**20
+    wanted = max(current_mb * 1.5, current_mb + GROW_MIN_MB, usage_mb / GROW_AT)
+    rounded = math.ceil(wanted / GROW_STEP_MB) * GROW_STEP_MB
+    return min(ceiling_mb, rounded)
+
+
+class MemoryAutoscaler:
+    def __init__(self, manager: SandboxManager, limits: CgroupLimits, on_grown: Grown, on_capped: Capped) -> None:
+        self._manager = manager
+        self._limits = limits
+        self._on_grown = on_grown
+        self._on_capped = on_capped
+        self._held: set[str] = set()
+        self._capped: set[str] = set()
+
+    async def check(self) -> None:
+        live = set()
+        for sandbox in self._manager.all():
+            ceiling = sandbox.request.memory_ceiling_mb
+            if sandbox.status != "running" or ceiling <= 0:
+                continue
+            live.add(sandbox.id)
+            try:
+                await self._check_one(sandbox, ceiling)
+            except errors.HutchError as exc:
+                log.warning("automatic memory of sandbox %s: %s", sandbox.id, exc.message)
+        self._held &= live
+        self._capped &= live
+
+    async def _check_one(self, sandbox: LocalSandbox, ceiling: int) -> None:
+        current = sandbox.request.memory_mb
+        if sandbox.id in self._capped:
+            return
+        if sandbox.id not in self._held and current < ceiling:
+            held = await asyncio.to_thread(self._limits.hold_at_limit, sandbox.id, True)
+            self._held.update([sandbox.id] if held else [])
+        pressure = await asyncio.to_thread(self._limits.memory_pressure, sandbox.id)
+        if pressure is None:
+            return
+        target = next_limit_mb(pressure, current, ceiling)
+        if target is None:
+            return
+        if target <= current:
+            await self._cap(sandbox, f"it reached its memory ceiling of {ceiling} MB")
+            return
+        try:
+            await self._manager.resize(sandbox.id, 0, target)
+        except errors.ResourceExhausted as exc:
+            await self._cap(sandbox, f"its node has no memory left for it to grow ({exc.message})")
+            return
+        log.info("sandbox %s needed more memory: %d MB -> %d MB", sandbox.id, current, target)
+        await self._on_grown(sandbox, current)
+
+    async def _cap(self, sandbox: LocalSandbox, reason: str) -> None:
+        self._capped.add(sandbox.id)
+        if sandbox.id in self._held:
+            await asyncio.to_thread(self._limits.hold_at_limit, sandbox.id, False)
+            self._held.discard(sandbox.id)
+        log.info("sandbox %s stays at %d MB: %s", sandbox.id, sandbox.request.memory_mb, reason)
+        await self._on_capped(sandbox, reason)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.check()
+            try:
+                await asyncio.wait_for(stop.wait(), POLL_S)
+            except TimeoutError:
+                pass

@@ -1,0 +1,187 @@
+"""Node loss with two node-agents on one machine: the shared local stack's `local-1` and a second one,
+`local-2`, that this module starts against the same NATS and PostgreSQL.
+
+`local-2` is SIGKILLed while it runs a sandbox, which keeps running as an orphan (what a network
+partition looks like from the platform). The scheduler, restarted with short grace periods, declares
+the node lost: it fences it and reports the sandbox lost. When `local-2` comes back it finds itself
+fenced, stops the stale sandbox, heartbeats as a new run and takes sandboxes again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hutch import Sandbox, SandboxState
+from hutch.local.process import ProcessHandle, spawn
+
+pytestmark = pytest.mark.e2e
+
+NODE_GRACE_S = 4
+NODE_LOST_AFTER_S = 8
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in {timeout:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class SecondNode:
+    """A second node-agent, `local-2`, with its own root, cgroup parent, network pool and port."""
+
+    def __init__(self, local_stack: Any, root: Path) -> None:
+        component = local_stack._state().component("node-agent")
+        env = {
+            key: value
+            for key, value in local_stack.service_env("node-agent").items()
+            # The stack's egress-proxy belongs to local-1: local-2's sandboxes reach nothing.
+            if not key.startswith(("HUTCH_NODE__EGRESS_PROXY", "HUTCH_NODE__EGRESS_TARGET"))
+        }
+        env.update(
+            {
+                "HUTCH_NODE__ID": "local-2",
+                "HUTCH_NODE__ROOT_DIR": str(root),
+                "HUTCH_NODE__CGROUP_PARENT": "hutch-local-2",
+                "HUTCH_NODE__SANDBOX_NETWORK": "100.97.0.0/24",
+                "HUTCH_NODE__DISK_QUOTA_MB": "512",
+                "HUTCH_NODE__VOLUME_SIZE_GB": "4",
+                "HUTCH_NODE__BUILD_BASE_TEMPLATE": "false",
+                "HUTCH_GRPC__PORT": "0",
+            }
+        )
+        self.root = root
+        self.env = env
+        self.argv = list(component.argv)
+        self.log = root.parent / "local-2.log"
+        self.handle: ProcessHandle | None = None
+
+    def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self.handle = spawn(self.argv, log_path=self.log, env=self.env)
+        wait_until(lambda: "serving on" in self.log.read_text()[offset:], 120, "local-2 serves")
+
+    def kill(self) -> None:
+        assert self.handle is not None
+        self.handle.kill()
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.stop()
+
+    def holds(self, sandbox_id: str) -> bool:
+        return (self.root / "sandboxes" / sandbox_id / "sandbox.json").exists()
+
+    def sandboxes(self) -> list[str]:
+        folder = self.root / "sandboxes"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def init_pid(self, sandbox_id: str) -> int:
+        pid = json.loads((self.root / "sandboxes" / sandbox_id / "sandbox.json").read_text())["init_pid"]
+        assert isinstance(pid, int) and pid > 0
+        return pid
+
+
+@pytest.fixture
+def short_grace(local_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The scheduler, restarted to give up on a silent node within seconds (then back to defaults)."""
+    monkeypatch.setenv("HUTCH_SCHEDULER__NODE_GRACE_S", str(NODE_GRACE_S))
+    monkeypatch.setenv("HUTCH_SCHEDULER__NODE_LOST_AFTER_S", str(NODE_LOST_AFTER_S))
+    monkeypatch.setenv("HUTCH_SCHEDULER__NODE_LOSS_CHECK_S", "0.5")
+    local_stack.restart("scheduler")
+    yield
+    monkeypatch.undo()
+    local_stack.restart("scheduler")
+
+
+@pytest.fixture
+def second_node(local_stack: Any, short_grace: None, server_tmp_root: Path) -> Iterator[SecondNode]:
+    node = SecondNode(local_stack, Path(tempfile.mkdtemp(prefix="n2-", dir=server_tmp_root)) / "root")
+    node.root.mkdir()
+    node.start()
+    time.sleep(3)  # its first heartbeats reach the scheduler
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_a_lost_node_is_fenced_and_its_stale_sandboxes_stopped_when_it_returns(
+    local_stack: Any, second_node: SecondNode
+) -> None:
+    key = local_stack.create_tenant(f"nodeloss-{uuid.uuid4().hex[:8]}")
+    connection = {"api_key": key, "endpoint": local_stack.endpoint}
+    created: list[Sandbox] = []
+    try:
+        # Placement spreads a tenant's sandboxes, so its second lands on the node the first did not.
+        for _ in range(4):
+            created.append(Sandbox.create(memory_mb=256, **connection))
+            if any(second_node.holds(s.id) for s in created) and any(not second_node.holds(s.id) for s in created):
+                break
+        lost = next(s for s in created if second_node.holds(s.id))
+        survivor = next(s for s in created if not second_node.holds(s.id))
+        lost.files.write("/root/state.txt", "only on local-2")
+        orphan = second_node.init_pid(lost.id)
+
+        killed_at = time.monotonic()
+        second_node.kill()
+        assert pid_alive(orphan), "a SIGKILLed node-agent leaves its sandboxes running"
+
+        wait_until(lambda: lost.get_info().state == SandboxState.KILLED, NODE_LOST_AFTER_S + 30, "reported lost")
+        detected_s = time.monotonic() - killed_at
+        info = lost.get_info()
+        assert "its node was lost" in (info.state_reason or ""), info.state_reason
+        with pytest.raises(Exception):
+            lost.commands.run("true")
+        # The other node's sandbox is untouched, and the stale one still runs (nobody could stop it).
+        assert survivor.commands.run("echo ok").stdout == "ok\n"
+        assert pid_alive(orphan)
+
+        second_node.start()
+        wait_until(lambda: not pid_alive(orphan), 60, "the stale sandbox is stopped")
+        wait_until(lambda: second_node.sandboxes() == [], 30, "local-2 holds nothing")
+        # Not resurrected: the record stays KILLED, whatever the returning node did.
+        time.sleep(2)
+        assert lost.get_info().state == SandboxState.KILLED
+        assert survivor.get_info().state == SandboxState.RUNNING
+
+        # Back as a new run: local-2 takes sandboxes again (the tenant's next goes where it has fewest).
+        fresh = Sandbox.create(memory_mb=256, **connection)
+        created.append(fresh)
+        assert second_node.holds(fresh.id)
+        assert fresh.commands.run("echo back").stdout == "back\n"
+        running = [s.id for s in Sandbox.list(**connection) if s.state == SandboxState.RUNNING]
+        assert sorted(running) == sorted([survivor.id, fresh.id])
+        print(f"node loss detected and reported {detected_s:.1f}s after the SIGKILL")
+    finally:
+        for sandbox in created:
+            try:
+                if sandbox.is_running():
+                    sandbox.kill()
+            except Exception:
+                pass
+            sandbox.close()

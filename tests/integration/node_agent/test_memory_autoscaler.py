@@ -84,7 +84,7 @@ async def sandbox(node: Node, isolation: str, memory_mb: int, ceiling_mb: int) -
 
 
 # Touches every page at once (anonymous memory: there is no swap, so it cannot be reclaimed).
-FILL = "python3 -c 'b = b\"x\" * ({mb} * 2**20); print(\"fil\" + \"led\", len(b))' 2>&1"
+FILL = 'python3 -c \'b = b"x" * ({mb} * 2**20); print("fil" + "led", len(b))\' 2>&1'
 
 
 @pytest.mark.parametrize("isolation", ["container", "gvisor"])

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.kv import KeyValue
 
 from hutch.core import db, events, outbox
-from hutch.core.bus import Bus, fenced_bucket, node_command_stream, nodes_bucket, sandbox_stream
+from hutch.core.bus import Bus, fenced_bucket, nodes_bucket, sandbox_stream
 from hutch.core.config import NatsSettings, PostgresSettings
 from hutch.core.nodes import Fence, NodeDirectory
 from hutch.events.v1 import node_pb2

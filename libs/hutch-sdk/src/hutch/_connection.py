@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -49,6 +50,18 @@ _KEEPALIVE_OPTIONS: Final = (
     # By default a client stops pinging after two pings without data, which is exactly an idle stream.
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+
+def trace_context() -> tuple[tuple[str, str], ...]:
+    """The caller's current trace context as gRPC metadata (W3C `traceparent`), so the platform's
+    spans join the caller's trace; empty when the caller does not use OpenTelemetry."""
+    if "opentelemetry.trace" not in sys.modules:  # the caller has no tracing: nothing to send
+        return ()
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
 
 
 def _user_agent() -> str:
@@ -162,7 +175,7 @@ class Connection:
             The response message.
         """
         with self.translated(doing):
-            return await method(request, timeout=self.config.request_timeout, metadata=self.metadata)
+            return await method(request, timeout=self.config.request_timeout, metadata=self.metadata + trace_context())
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls still in flight. The next call opens a new one."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import asyncpg
 from google.protobuf.message import Message
 
+from hutch.core import telemetry
 from hutch.core.events import Envelope
 from hutch.events.v1 import sandbox_pb2, usage_pb2
 from hutch_billing_meter import store
@@ -18,6 +20,17 @@ from hutch_billing_meter.domain.quantities import Usage
 from hutch_billing_meter.store import LedgerEntry
 
 log = logging.getLogger(__name__)
+
+_ingested = telemetry.meter("hutch.billing").create_counter(
+    "hutch.billing.usage_events",
+    unit="{event}",
+    description="Usage events taken from the stream, by outcome: recorded, duplicate (already in the ledger), dropped",
+)
+
+
+def _count(kinds: dict[str, str], ids: Iterable[str], outcome: str) -> None:
+    for kind, n in Counter(kinds[event_id] for event_id in ids).items():
+        _ingested.add(n, {"hutch.event": kind, "hutch.outcome": outcome})
 
 
 def _usage(report: usage_pb2.UsageReport) -> Usage:
@@ -65,22 +78,29 @@ class UsageIngest:
     async def __call__(self, batch: list[Envelope[Message]]) -> None:
         oldest = self._clock() - self._retention
         entries: dict[str, list[LedgerEntry]] = {}
+        kinds = {envelope.id: envelope.kind.name for envelope in batch}
+        dropped = []
         for envelope in batch:
             if envelope.time < oldest:
                 log.warning(
                     "dropping usage event %s from %s: older than the ledger remembers", envelope.id, envelope.time
                 )
+                dropped.append(envelope.id)
                 continue
             found = ledger_entries(envelope)
             if not found or not found[0].tenant_id:
                 log.warning("dropping usage event %s: it names no tenant", envelope.id)
+                dropped.append(envelope.id)
                 continue
             entries[envelope.id] = found
+        _count(kinds, dropped, "dropped")
         if not entries:
             return
         async with self._db.acquire() as conn, conn.transaction():
             fresh = await store.record_events(conn, list(entries))
             await store.add_usage(conn, [entry for event_id in sorted(fresh) for entry in entries[event_id]])
+        _count(kinds, fresh, "recorded")
+        _count(kinds, set(entries) - set(fresh), "duplicate")
         if len(fresh) < len(entries):
             log.info("skipped %d usage events already in the ledger", len(entries) - len(fresh))
 

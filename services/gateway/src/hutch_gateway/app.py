@@ -26,6 +26,7 @@ from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits
 from hutch_gateway.fleet import NodesServicer
+from hutch_gateway.fleet_metrics import SandboxStates
 from hutch_gateway.grpc_api import (
     FilesServicer,
     ProcessesServicer,
@@ -185,6 +186,7 @@ async def run(settings: GatewaySettings) -> None:
                     bus.consume(projection, SandboxProjection(pool, relay, region, janitor), shutdown),
                     bus.consume(egress_projection.consumer(region), egress_projection.EgressProjection(pool), shutdown),
                     egress_projection.prune(pool, region, shutdown),
+                    SandboxStates(pool, region, settings.telemetry.metrics_interval_s).run(shutdown),
                     bus.consume(sleep.consumer(region), sleep.SleepConsumer(sandbox_snapshots), shutdown),
                 )
             finally:

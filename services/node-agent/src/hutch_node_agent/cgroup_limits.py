@@ -133,16 +133,14 @@ class CgroupLimits:
         try:
             if self.unified:
                 limit = _read(folder / "memory.max")
-                return MemoryPressure(
-                    int(_read(folder / "memory.current")), -1 if limit == "max" else int(limit), False
-                )
+                return MemoryPressure(self.memory_in_use(sandbox_id), -1 if limit == "max" else int(limit), False)
             control = dict(line.split() for line in _read(folder / "memory.oom_control").splitlines() if " " in line)
             return MemoryPressure(
-                int(_read(folder / "memory.usage_in_bytes")),
+                self.memory_in_use(sandbox_id),
                 int(_read(folder / "memory.limit_in_bytes")),
                 control.get("under_oom") == "1",
             )
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError, errors.FailedPrecondition):
             return None
 
     def hold_at_limit(self, sandbox_id: str, hold: bool) -> bool:
@@ -157,6 +155,7 @@ class CgroupLimits:
 
 @dataclass(frozen=True)
 class MemoryPressure:
+    # What its processes hold (usage minus page cache the kernel would drop first).
     usage_bytes: int
     limit_bytes: int
     # Tasks are waiting at the limit (v1, held).

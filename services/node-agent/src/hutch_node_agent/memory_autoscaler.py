@@ -3,8 +3,9 @@
 A sandbox created with a memory ceiling starts with its memory_mb and grows up to the ceiling.
 On cgroup v1 the OOM killer of its cgroup is switched off while it may still grow, so a process
 that reaches the limit waits for memory instead of dying; every POLL_S the node looks at each such
-sandbox and, when its usage is above GROW_AT of its limit or its tasks are waiting, raises the
-limit (by half, at least GROW_MIN_MB, at most to the ceiling) through the same path as a resize
+sandbox and, when what its processes hold (page cache the kernel can drop left out) is above
+GROW_AT of its limit or its tasks are waiting, raises the limit (by half, or to what it holds over
+GROW_AT, at least GROW_MIN_MB, at most to the ceiling) through the same path as a resize
 (the node's free memory is checked, the record, config and metering follow, the scheduler and the
 gateway learn the size from `sandbox.resized`). When it cannot grow (ceiling reached, node full)
 the OOM killer is switched back on and `sandbox.memory_capped` tells the owner. On cgroup v2 there
@@ -27,9 +28,9 @@ from hutch_node_agent.sandboxes import SandboxManager
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1
-GROW_AT = 0.8
-GROW_MIN_MB = 128
-GROW_STEP_MB = 64
+GROW_AT = 0.85
+GROW_MIN_MB = 32
+GROW_STEP_MB = 32
 
 Capped = Callable[[LocalSandbox, str], Awaitable[None]]
 Grown = Callable[[LocalSandbox, int], Awaitable[None]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from hutch.core import errors
 from hutch.internal.v1 import snapshot_store_pb2 as pb
 from hutch.snapshots.cache import ChunkCache
+from hutch.snapshots.cache import observe as observe_cache
 from hutch.snapshots.client import SnapshotStoreClient
 from hutch.snapshots.reader import SnapshotReader
 from hutch.snapshots.writer import SnapshotWriter
@@ -41,6 +42,8 @@ class StoreLink:
     @classmethod
     async def open(cls, address: str, internal_token: str, cache_dir: Path, cache_bytes: int) -> StoreLink:
         cache = await ChunkCache.open(cache_dir, cache_bytes) if cache_bytes > 0 else None
+        if cache is not None:
+            observe_cache(cache, "node")
         return cls(SnapshotStoreClient.connect(address, internal_token), cache)
 
     async def close(self) -> None:

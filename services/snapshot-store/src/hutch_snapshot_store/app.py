@@ -14,6 +14,7 @@ from hutch.core.grpc_runtime import Server, serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.internal.v1 import snapshot_store_pb2_grpc
 from hutch.snapshots.cache import ChunkCache
+from hutch.snapshots.cache import observe as observe_cache
 from hutch_snapshot_store.chunks import ChunkStore
 from hutch_snapshot_store.gc import GarbageCollector
 from hutch_snapshot_store.grpc_api import SnapshotStoreServicer
@@ -64,6 +65,7 @@ async def running(settings: SnapshotStoreSettings) -> AsyncIterator[Running]:
                 log.warning("S3 is not reachable at start: %s", exc.message)
             keys = Keyring(pool, options.master_key_bytes(), options.previous_master_key_bytes())
             cache = await ChunkCache.open(options.cache_dir, options.cache_bytes)
+            observe_cache(cache, "regional")
             chunks = ChunkStore(pool, objects, keys, cache, cpu, options.orphan_grace_s)
             gc = GarbageCollector(pool, objects, chunks, options.gc_grace_s, options.gc_batch)
             service = SnapshotService(pool, chunks, gc, options.pending_lease_s)

@@ -12,6 +12,10 @@ A consumer hands each decoded envelope to its handler and then acks it. A handle
 `Unavailable` gets the message redelivered after a delay (nak); an undecodable message is
 terminated (term) so it never blocks the stream; any other exception is logged and redelivered
 until `max_deliver` is reached.
+
+Metrics, by durable consumer: `hutch.bus.messages.handled` and `hutch.bus.messages.failed` (with
+the reason: `unavailable`, `error` or `undecodable`), and `hutch.bus.consumer.pending`, the messages
+not yet delivered to the consumer as JetStream reported with the last message fetched.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +37,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from hutch.core import errors, events, telemetry
 from hutch.core.config import NatsSettings
@@ -42,6 +48,44 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[events.Envelope[Message]], Awaitable[None]]
 # Handles many events at once (e.g. in one database transaction); see `Bus.consume_batches`.
 BatchHandler = Callable[[list[events.Envelope[Message]]], Awaitable[None]]
+
+
+_meter = telemetry.meter("hutch.bus")
+_handled = _meter.create_counter("hutch.bus.messages.handled", unit="{message}", description="Events handled and acked")
+_failed = _meter.create_counter(
+    "hutch.bus.messages.failed", unit="{message}", description="Events nak'd for redelivery or terminated"
+)
+# (stream, durable) -> num_pending of the last message this process fetched for it.
+_pending: dict[tuple[str, str], int] = {}
+
+
+def _observe_pending(options: CallbackOptions) -> list[Observation]:
+    return [
+        Observation(count, {"hutch.stream": stream, "hutch.consumer": durable})
+        for (stream, durable), count in list(_pending.items())
+    ]
+
+
+_meter.create_observable_gauge(
+    "hutch.bus.consumer.pending",
+    callbacks=[_observe_pending],
+    unit="{message}",
+    description="Messages in the stream not yet delivered to the durable consumer (its lag)",
+)
+
+
+def _note_fetched(spec: ConsumerSpec, msgs: list[Msg]) -> None:
+    if msgs:
+        with contextlib.suppress(Exception):  # a message without JetStream metadata
+            _pending[(spec.stream.name, spec.durable)] = msgs[-1].metadata.num_pending
+
+
+def _count(spec: ConsumerSpec, kind: str, outcome: str, n: int = 1) -> None:
+    attributes = {"hutch.consumer": spec.durable, "hutch.event": kind}
+    if outcome == "handled":
+        _handled.add(n, attributes)
+    else:
+        _failed.add(n, {**attributes, "hutch.reason": outcome})
 
 
 @dataclass(frozen=True)
@@ -207,6 +251,7 @@ class Bus:
                     log.warning("fetch on %s failed: %r", spec.durable, exc)
                     await asyncio.sleep(0.5)
                     continue
+                _note_fetched(spec, msgs)
                 for msg in msgs:
                     await slots.acquire()
                     task = asyncio.create_task(self._handle(spec, msg, handler))
@@ -225,6 +270,7 @@ class Bus:
             envelope = events.decode(msg.data, headers)
         except events.UndecodableEvent as exc:
             log.error("terminating undecodable message on %s: %s", msg.subject, exc)
+            _count(spec, headers.get(events.EVENT_TYPE, ""), "undecodable")
             await msg.term()
             return
         with (
@@ -232,20 +278,27 @@ class Bus:
             self._tracer.start_as_current_span(
                 f"handle {envelope.kind.name}",
                 kind=trace.SpanKind.CONSUMER,
-                attributes={"hutch.event_id": envelope.id, "hutch.consumer": spec.durable},
+                attributes={
+                    "hutch.event_id": envelope.id,
+                    "hutch.consumer": spec.durable,
+                    "hutch.sandbox": envelope.sandbox,
+                },
             ),
         ):
             try:
                 await handler(envelope)
             except errors.Unavailable as exc:
                 log.warning("%s: %s; redelivering in %.1fs", spec.durable, exc, spec.nak_delay_s)
+                _count(spec, envelope.kind.name, "unavailable")
                 await msg.nak(delay=spec.nak_delay_s)
                 return
             except Exception:
                 log.exception("%s failed to handle %s %s", spec.durable, envelope.kind.name, envelope.id)
+                _count(spec, envelope.kind.name, "error")
                 await msg.nak(delay=spec.nak_delay_s)
                 return
         await msg.ack()
+        _count(spec, envelope.kind.name, "handled")
 
     async def consume_batches(
         self, spec: ConsumerSpec, handler: BatchHandler, stop: asyncio.Event, batch_size: int = 256
@@ -268,6 +321,7 @@ class Bus:
                     log.warning("fetch on %s failed: %r", spec.durable, exc)
                     await asyncio.sleep(0.5)
                     continue
+                _note_fetched(spec, msgs)
                 await self._handle_batch(spec, msgs, handler)
         finally:
             with contextlib.suppress(Exception):
@@ -280,13 +334,23 @@ class Bus:
                 decoded.append((msg, events.decode(msg.data, msg.headers or {})))
             except events.UndecodableEvent as exc:
                 log.error("terminating undecodable message on %s: %s", msg.subject, exc)
+                _count(spec, (msg.headers or {}).get(events.EVENT_TYPE, ""), "undecodable")
                 await msg.term()
         if not decoded:
             return
-        with self._tracer.start_as_current_span(
-            f"handle {len(decoded)} events",
-            kind=trace.SpanKind.CONSUMER,
-            attributes={"hutch.consumer": spec.durable, "hutch.batch_size": len(decoded)},
+        # The batch's span continues the publishers' trace when they all share one (a batch of one,
+        # typically) and links to each of them otherwise.
+        parents = {(msg.headers or {}).get("traceparent", "") for msg, _ in decoded}
+        carrier = (decoded[0][0].headers or {}) if len(parents) == 1 else {}
+        links = [] if carrier else _links(msg for msg, _ in decoded)
+        with (
+            telemetry.attached(carrier),
+            self._tracer.start_as_current_span(
+                f"handle {len(decoded)} events",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"hutch.consumer": spec.durable, "hutch.batch_size": len(decoded)},
+                links=links,
+            ),
         ):
             try:
                 await handler([envelope for _, envelope in decoded])
@@ -294,10 +358,27 @@ class Bus:
                 log.warning(
                     "%s: %s; redelivering %d events in %.1fs", spec.durable, exc, len(decoded), spec.nak_delay_s
                 )
+                _count_batch(spec, decoded, "unavailable")
                 await asyncio.gather(*(msg.nak(delay=spec.nak_delay_s) for msg, _ in decoded))
                 return
             except Exception:
                 log.exception("%s failed to handle a batch of %d events", spec.durable, len(decoded))
+                _count_batch(spec, decoded, "error")
                 await asyncio.gather(*(msg.nak(delay=spec.nak_delay_s) for msg, _ in decoded))
                 return
         await asyncio.gather(*(msg.ack() for msg, _ in decoded))
+        _count_batch(spec, decoded, "handled")
+
+
+def _links(msgs: Iterable[Msg]) -> list[trace.Link]:
+    links = []
+    for msg in msgs:
+        context = trace.get_current_span(propagate.extract(msg.headers or {})).get_span_context()
+        if context.is_valid:
+            links.append(trace.Link(context))
+    return links
+
+
+def _count_batch(spec: ConsumerSpec, decoded: list[tuple[Msg, events.Envelope[Message]]], outcome: str) -> None:
+    for kind, n in Counter(envelope.kind.name for _, envelope in decoded).items():
+        _count(spec, kind, outcome, n)

@@ -50,6 +50,10 @@ class TelemetrySettings(BaseModel):
     exporter: Literal["none", "console", "file", "otlp"] = "none"
     file_path: str = ""
     otlp_endpoint: str = "http://127.0.0.1:4317"
+    # Seconds between metric exports; with "file", metrics go to metrics_file_path, by default
+    # metrics.jsonl in file_path's folder.
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    metrics_file_path: str = ""
 
 
 class ServiceSettings(BaseSettings):

@@ -4,14 +4,17 @@
 that (a) makes the caller's trace context current and opens a server span, (b) checks the internal
 token when the service is internal, and (c) turns `HutchError`s raised by handlers into the matching
 status with the error's message. Handlers therefore raise domain errors and never call
-`context.abort` themselves.
+`context.abort` themselves. The interceptor also records every call's duration
+(`rpc.server.duration`, milliseconds) and count (`rpc.server.requests`) by service, method and status code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -75,6 +78,43 @@ def error_from_rpc(exc: grpc.RpcError, what: str) -> errors.HutchError:
     if cls is errors.Unavailable:
         return errors.Unavailable(f"{what} is unreachable: {details}")
     return cls(details or f"{what} failed")
+
+
+_meter = telemetry.meter("hutch.grpc")
+_duration = _meter.create_histogram(
+    "rpc.server.duration", unit="ms", description="How long each call took, from its start to its status"
+)
+_requests = _meter.create_counter("rpc.server.requests", unit="{request}", description="Calls answered")
+
+
+def _record(method: str, code: grpc.StatusCode, started: float) -> None:
+    service, _, name = method.lstrip("/").rpartition("/")
+    attributes = {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": name,
+        "rpc.grpc.status_code": code.value[0],
+    }
+    _duration.record((time.perf_counter() - started) * 1000, attributes)
+    _requests.add(1, attributes)
+
+
+def _code_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, errors.HutchError):
+        return status_for(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+def _code_set_on(context: Context, default: grpc.StatusCode) -> grpc.StatusCode:
+    """The status a handler set or aborted with (`context.code()`), else `default`."""
+    code: object = context.code()  # an int at run time, whatever the stubs say
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return next((status for status in grpc.StatusCode if status.value[0] == code), default)
 
 
 def internal_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -153,24 +193,41 @@ def _wrapped(handler: Handler, method: str, metadata: dict[str, str], tracer: tr
 
     async def unary(request: Any, context: Context) -> Any:
         behaviour: Any = handler.unary_unary or handler.stream_unary
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         with span():
             try:
-                return await behaviour(request, context)
+                response = await behaviour(request, context)
+                code = _code_set_on(context, code)
+                return response
             except grpc.aio.AbortError:
+                code = _code_set_on(context, grpc.StatusCode.UNKNOWN)
                 raise
-            except Exception as exc:
+            except BaseException as exc:
+                code = _code_for(exc)
+                if not isinstance(exc, Exception):
+                    raise
                 await _abort(context, method, exc)
+            finally:
+                _record(method, code, started)
 
     async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         behaviour: Any = handler.unary_stream or handler.stream_stream
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         with span():
             try:
                 async for response in behaviour(request, context):
                     yield response
+                code = _code_set_on(context, code)
             except grpc.aio.AbortError:
+                code = _code_set_on(context, grpc.StatusCode.UNKNOWN)
                 raise
-            except Exception as exc:
+            except BaseException as exc:
+                code = _code_for(exc)
+                if not isinstance(exc, Exception):
+                    raise
                 await _abort(context, method, exc)
+            finally:
+                _record(method, code, started)
 
     return _rebuild(handler, unary, streaming)
 

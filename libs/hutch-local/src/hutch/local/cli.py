@@ -21,6 +21,7 @@ from rich.table import Table
 
 from hutch.local import stack
 from hutch.local.paths import StackPaths, default_home
+from hutch.local.rates import request_rates
 from hutch.local.stack import Event, StackError, StackOptions, UpResult
 
 EXIT_UNHEALTHY = 1
@@ -214,17 +215,20 @@ def up(
 
 @app.command()
 def status(home: HomeOption = None) -> None:
-    """Show every component and whether it is healthy (exit 1 if any is not, 3 if none runs)."""
+    """Show every component, whether it is healthy (exit 1 if any is not, 3 if none runs) and, for
+    services, the calls per second they answered lately (from `local/logs/metrics.jsonl`)."""
     home = home or default_home()
     rows = stack.status(home)
     if rows is None:
         console.print(f"No local stack is running in {StackPaths(home).local}.")
         raise typer.Exit(EXIT_NOT_RUNNING)
-    table = Table("component", "pid", "address", "state")
+    rates = request_rates(StackPaths(home).metrics_file)
+    table = Table("component", "pid", "address", "state", "req/s")
     colours = {"healthy": "green", "unhealthy": "red", "stopped": "yellow"}
     for row in rows:
         pid = "external" if row.external else str(row.pid or "-")
-        table.add_row(row.name, pid, row.address, f"[{colours[row.state]}]{row.state}[/]")
+        rate = f"{rates[row.name]:.1f}" if row.name in rates else "-"
+        table.add_row(row.name, pid, row.address, f"[{colours[row.state]}]{row.state}[/]", rate)
     console.print(table)
     if any(row.state != "healthy" for row in rows):
         raise typer.Exit(EXIT_UNHEALTHY)

@@ -64,6 +64,11 @@ class StackPaths:
     def traces_file(self) -> Path:
         return self.logs / "traces.jsonl"
 
+    @property
+    def metrics_file(self) -> Path:
+        """Every service's metrics, one export a line (next to the traces, where telemetry puts them)."""
+        return self.logs / "metrics.jsonl"
+
     def log(self, component: str) -> Path:
         """The log file of one component."""
         return self.logs / f"{component}.log"

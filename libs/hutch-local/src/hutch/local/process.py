@@ -120,6 +120,20 @@ class ProcessHandle:
         self.wait(10.0)
 
 
+def as_user(argv: Sequence[str], user: str | None) -> list[str]:
+    """`argv` run as `user` (None: as we are), through setpriv rather than subprocess's own uid
+    switch: with that, Python must fork() the child, which runs every library's fork handlers in
+    it, and gRPC's can make the child fail before it execs; without, it may use vfork()."""
+    if user is None:
+        return list(argv)
+    import pwd
+
+    account = pwd.getpwnam(user)
+    return [
+        "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--", *argv,
+    ]  # fmt: skip
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -133,25 +147,17 @@ def spawn(
     `user` runs the process as that account (used to run PostgreSQL, which refuses to run as root).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    group: int | None = None
-    if user is not None:
-        import pwd
-
-        group = pwd.getpwnam(user).pw_gid
     with log_path.open("ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         log.flush()
         child = subprocess.Popen(
-            list(argv),
+            as_user(argv, user),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            user=user,
-            group=group,
-            extra_groups=[] if user is not None else None,
         )
     with _children_lock:
         _children[child.pid] = child

@@ -213,6 +213,8 @@ def service_env(spec: ServiceSpec, context: ServiceContext, port: int) -> dict[s
         "HUTCH_GRPC__PORT": str(port),
         "HUTCH_TELEMETRY__EXPORTER": "file",
         "HUTCH_TELEMETRY__FILE_PATH": str(context.paths.traces_file),
+        "HUTCH_TELEMETRY__METRICS_FILE_PATH": str(context.paths.metrics_file),
+        "HUTCH_TELEMETRY__METRICS_INTERVAL_S": "5",
     }
     env.update(spec.settings(context))
     return env

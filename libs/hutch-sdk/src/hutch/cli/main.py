@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli import files, local, network, nodes, processes, sandbox, secret, shell, snapshot, template, usage
+from hutch.cli import files, local, network, nodes, processes, sandbox, secret, shell, snapshot, template, top, usage
 from hutch.cli._shared import EXIT_CODES_HELP, error_line, exit_code_for
 from hutch.cli.execute import HELP as EXEC_HELP
 from hutch.cli.execute import exec_command
@@ -55,6 +55,7 @@ app.command("attach", help=processes.ATTACH_HELP)(processes.attach)
 app.command("kill-process", help=processes.KILL_HELP)(processes.kill_process)
 app.command("preview")(preview)
 app.command("nodes")(nodes.nodes)
+app.command("top")(top.top)
 app.add_typer(files.app)
 app.add_typer(template.app)
 app.add_typer(snapshot.app)

@@ -12,6 +12,10 @@ Keys are (tenant, hash): a tenant can never be handed another tenant's entry, ev
 
 One process owns a cache directory; the index is touched from the event loop thread only, and file
 I/O runs in worker threads.
+
+`observe(cache, tier)` reports a cache's counters as metrics: `hutch.chunk_cache.hits`,
+`hutch.chunk_cache.misses` and `hutch.chunk_cache.hit_ratio` (hits over lookups since start), by tier
+(`node` for a node-agent's cache, `regional` for the snapshot-store's).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
+from opentelemetry.metrics import CallbackOptions, Observation
 
+from hutch.core import telemetry
 from hutch.snapshots.codec import is_chunk_hash
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -259,3 +265,39 @@ def _unlink_all(paths: list[Path]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+# tier -> the cache whose counters the metrics report (one per process and tier).
+_observed: dict[str, ChunkCache] = {}
+
+
+def observe(cache: ChunkCache, tier: str) -> None:
+    """Reports `cache`'s hits, misses and hit ratio as metrics labelled `hutch.cache_tier=tier`."""
+    if not _observed:
+        meter = telemetry.meter("hutch.snapshots.cache")
+        meter.create_observable_counter(
+            "hutch.chunk_cache.hits", callbacks=[_hits], unit="{lookup}", description="Chunk lookups the cache answered"
+        )
+        meter.create_observable_counter(
+            "hutch.chunk_cache.misses", callbacks=[_misses], unit="{lookup}", description="Chunk lookups it did not"
+        )
+        meter.create_observable_gauge(
+            "hutch.chunk_cache.hit_ratio", callbacks=[_ratio], unit="1", description="Hits over lookups since start"
+        )
+    _observed[tier] = cache
+
+
+def _hits(options: CallbackOptions) -> list[Observation]:
+    return [Observation(cache.hits, {"hutch.cache_tier": tier}) for tier, cache in list(_observed.items())]
+
+
+def _misses(options: CallbackOptions) -> list[Observation]:
+    return [Observation(cache.misses, {"hutch.cache_tier": tier}) for tier, cache in list(_observed.items())]
+
+
+def _ratio(options: CallbackOptions) -> list[Observation]:
+    return [
+        Observation(cache.hits / (cache.hits + cache.misses), {"hutch.cache_tier": tier})
+        for tier, cache in list(_observed.items())
+        if cache.hits + cache.misses
+    ]

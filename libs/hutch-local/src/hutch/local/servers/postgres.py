@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from hutch.local.ports import LOOPBACK, free_port
+from hutch.local.process import as_user
 from hutch.local.servers.base import Command, ManagedServer, ServerStartError
 
 SUPERUSER = "postgres"
@@ -249,12 +250,8 @@ class PostgresServer(ManagedServer):
                 args += ["--auth-host=scram-sha-256", f"--pwfile={password_file}"]
             else:
                 args.append("--auth-host=trust")
-            group = None if self._user is None else pwd.getpwnam(self._user).pw_gid
             result = subprocess.run(
-                args,
-                user=self._user,
-                group=group,
-                extra_groups=None if self._user is None else [],
+                as_user(args, self._user),
                 capture_output=True,
                 text=True,
                 check=False,

@@ -1,72 +1,46 @@
-"""hutch.v1.Usage on the gateway: authenticate the caller, then relay to the billing-meter.
-
-The billing-meter serves the same service internally: it takes the tenant from the call's
-metadata, which only a holder of the internal token can set. So a caller can only ever name its
-own tenant, whatever its request says.
+"""hutch.v1.Usage on the gateway: authenticate the caller, then relay to the billing-meter, which
+serves the same service internally (see tenant_relay.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf.message import Message
 
-from hutch.core import errors
-from hutch.core.grpc_runtime import TENANT_HEADER, Context, error_from_rpc, internal_metadata
+from hutch.core.grpc_runtime import Context, error_from_rpc
 from hutch.v1 import usage_pb2, usage_pb2_grpc
-from hutch_gateway.auth import Authenticator, key_from_metadata
+from hutch_gateway.auth import Authenticator
+from hutch_gateway.tenant_relay import InternalChannel, TenantRelay
 
 if TYPE_CHECKING:
     from hutch.v1.usage_pb2_grpc import UsageAsyncStub
 
-R = TypeVar("R", bound=Message)
 
-
-class BillingChannel:
+class BillingChannel(InternalChannel):
     """One channel to the billing-meter, opened on first use."""
 
     def __init__(self, address: str, internal_token: str, max_message_bytes: int) -> None:
-        self._address = address
-        self._token = internal_token
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        self._channel: grpc.aio.Channel | None = None
+        super().__init__(
+            address,
+            internal_token,
+            "the billing-meter",
+            "the usage API is not set up here: HUTCH_GATEWAY__BILLING_METER_ADDRESS is empty",
+            options=(
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ),
+        )
 
     def stub(self) -> UsageAsyncStub:
-        if not self._address:
-            raise errors.Unavailable("the usage API is not set up here: HUTCH_GATEWAY__BILLING_METER_ADDRESS is empty")
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
-        return usage_pb2_grpc.UsageStub(self._channel)
-
-    def metadata(self, tenant: str) -> tuple[tuple[str, str], ...]:
-        return (*internal_metadata(self._token), (TENANT_HEADER, tenant))
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(grace=None)
-            self._channel = None
+        return usage_pb2_grpc.UsageStub(self.channel())
 
 
-class UsageProxy(usage_pb2_grpc.UsageServicer):
+class UsageProxy(TenantRelay, usage_pb2_grpc.UsageServicer):
     def __init__(self, auth: Authenticator, billing: BillingChannel) -> None:
-        self._auth = auth
+        super().__init__(auth, billing)
         self._billing = billing
-
-    async def _metadata(self, context: Context) -> tuple[tuple[str, str], ...]:
-        tenant = await self._auth.tenant(key_from_metadata(context.invocation_metadata() or ()))
-        return self._billing.metadata(tenant)
-
-    @staticmethod
-    async def _unary(call: Awaitable[R]) -> R:
-        try:
-            return await call
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, "the billing-meter") from exc
 
     async def Query(self, request: usage_pb2.QueryUsageRequest, context: Context) -> usage_pb2.QueryUsageResponse:
         metadata = await self._metadata(context)

@@ -12,6 +12,15 @@ from rich.text import Text
 from hutch import Nodes
 from hutch.cli._shared import out, print_json
 from hutch.cli.sandbox import duration
+from hutch.nodes import NodeInfo
+
+
+def heartbeat_text(node: NodeInfo, now: datetime) -> str:
+    """How long ago the node last reported, and whether it is out of reach."""
+    beat = "-"
+    if node.last_heartbeat is not None:
+        beat = f"{duration(max(0.0, (now - node.last_heartbeat).total_seconds()))} ago"
+    return beat if node.alive else f"{beat} (unreachable)"
 
 
 def nodes(
@@ -34,11 +43,7 @@ def nodes(
         "SANDBOXES", "MINE", "CLASSES", "HEARTBEAT",
     )  # fmt: skip
     for node in found:
-        beat = "-"
-        if node.last_heartbeat is not None:
-            beat = f"{duration(max(0.0, (now - node.last_heartbeat).total_seconds()))} ago"
-        if not node.alive:
-            beat += " (unreachable)"
+        beat = heartbeat_text(node, now)
         cells = (
             node.id,
             f"{node.cpu_free:g}",

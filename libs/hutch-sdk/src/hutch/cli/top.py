@@ -15,6 +15,7 @@ from rich.text import Text
 
 from hutch import Nodes, Sandbox, SandboxInfo, SandboxState
 from hutch.cli._shared import out
+from hutch.cli.nodes import heartbeat_text
 from hutch.cli.sandbox import duration
 from hutch.exceptions import HutchError
 from hutch.nodes import NodeInfo
@@ -33,11 +34,7 @@ def _nodes_table(nodes: list[NodeInfo], now: datetime) -> Table:
         title="nodes", title_justify="left",
     )  # fmt: skip
     for node in nodes:
-        beat = "-"
-        if node.last_heartbeat is not None:
-            beat = f"{duration(max(0.0, (now - node.last_heartbeat).total_seconds()))} ago"
-        if not node.alive:
-            beat += " (unreachable)"
+        beat = heartbeat_text(node, now)
         cells = (
             node.id,
             f"{node.cpu_allocated:g}/{node.cpu_total:g}",

@@ -59,6 +59,13 @@ async def run(settings: NodeAgentSettings) -> None:
                     int(options.chunk_cache_gb * 2**30),
                 )
 
+            async def on_releasing(sandbox: LocalSandbox) -> None:
+                # Also on a pause, which does not stop the sandbox for good: its address goes back
+                # to the pool, and the proxy must not go on taking it for this sandbox.
+                await metering.release(sandbox)
+                if registrar is not None:
+                    await registrar.stopped(sandbox.id)
+
             async def on_resized(sandbox: LocalSandbox, previous: SandboxRequest) -> None:
                 await metering.resized(sandbox, previous)
                 changed.set()  # placement sees the new allocation with the next heartbeat, at once
@@ -67,7 +74,7 @@ async def run(settings: NodeAgentSettings) -> None:
                 options,
                 on_stopped,
                 node_events.timeout_warning,
-                on_releasing=metering.release,
+                on_releasing=on_releasing,
                 snapshot_store=store_link,
                 on_resized=on_resized,
             )

@@ -131,6 +131,12 @@ def second_node(local_stack: Any, short_grace: None, server_tmp_root: Path) -> I
     try:
         yield node
     finally:
+        if node.handle is not None and not node.handle.alive():
+            # Killed and not brought back (the test failed midway): back once, so that its fence
+            # guard stops what it left running, then away for good.
+            with contextlib.suppress(Exception):
+                node.start()
+                time.sleep(3)
         node.stop()
         forget_node(local_stack, "local-2")
 
@@ -159,15 +165,21 @@ def test_a_lost_node_is_fenced_and_its_stale_sandboxes_stopped_when_it_returns(
     connection = {"api_key": key, "endpoint": local_stack.endpoint}
     created: list[Sandbox] = []
     try:
-        # Placement spreads a tenant's sandboxes, so its second lands on the node the first did not.
-        for _ in range(4):
+        # Placement spreads a tenant's sandboxes over the nodes: two land on local-2 within a few.
+        for _ in range(8):
             created.append(Sandbox.create(memory_mb=256, **connection))
-            if any(second_node.holds(s.id) for s in created) and any(not second_node.holds(s.id) for s in created):
+            on_2 = [s for s in created if second_node.holds(s.id)]
+            if len(on_2) >= 2 and len(on_2) < len(created):
                 break
-        lost = next(s for s in created if second_node.holds(s.id))
+        lost, saved = [s for s in created if second_node.holds(s.id)][:2]
         survivor = next(s for s in created if not second_node.holds(s.id))
+        others = [s.id for s in created if s not in (lost, saved, survivor)]  # all on local-1
         lost.files.write("/root/state.txt", "only on local-2")
         orphan = second_node.init_pid(lost.id)
+        # One of them has a snapshot: it is started again elsewhere from it, not reported lost.
+        saved.files.write("/root/state.txt", "kept in a snapshot")
+        saved.snapshot(name=f"before-loss-{uuid.uuid4().hex[:6]}")
+        saved_orphan = second_node.init_pid(saved.id)
 
         killed_at = time.monotonic()
         second_node.kill()
@@ -182,14 +194,26 @@ def test_a_lost_node_is_fenced_and_its_stale_sandboxes_stopped_when_it_returns(
         # The other node's sandbox is untouched, and the stale one still runs (nobody could stop it).
         assert survivor.commands.run("echo ok").stdout == "ok\n"
         assert pid_alive(orphan)
+        # The snapshotted one runs again, on local-1, as its snapshot left it.
+        on_local_1 = local_stack.home / "local" / "node-1" / "sandboxes" / saved.id
+        wait_until(
+            lambda: saved.get_info().state == SandboxState.RUNNING and on_local_1.exists() or None,
+            60,
+            f"restarted from its snapshot ({saved.get_info()}; scheduler: "
+            f"{local_stack.log('scheduler').read_text()[-2500:]}; node-agent: "
+            f"{local_stack.log('node-agent').read_text()[-2500:]})",
+        )
+        assert saved.files.read("/root/state.txt") == "kept in a snapshot"
 
         second_node.start()
-        wait_until(lambda: not pid_alive(orphan), 60, "the stale sandbox is stopped")
+        wait_until(lambda: not pid_alive(orphan) and not pid_alive(saved_orphan), 60, "the stale sandboxes stop")
         wait_until(lambda: second_node.sandboxes() == [], 30, "local-2 holds nothing")
         # Not resurrected: the record stays KILLED, whatever the returning node did.
         time.sleep(2)
         assert lost.get_info().state == SandboxState.KILLED
         assert survivor.get_info().state == SandboxState.RUNNING
+        assert saved.get_info().state == SandboxState.RUNNING
+        assert saved.files.read("/root/state.txt") == "kept in a snapshot"
 
         # Back as a new run: local-2 takes sandboxes again (the tenant's next goes where it has fewest).
         fresh = Sandbox.create(memory_mb=256, **connection)
@@ -197,7 +221,7 @@ def test_a_lost_node_is_fenced_and_its_stale_sandboxes_stopped_when_it_returns(
         assert second_node.holds(fresh.id)
         assert fresh.commands.run("echo back").stdout == "back\n"
         running = [s.id for s in Sandbox.list(**connection) if s.state == SandboxState.RUNNING]
-        assert sorted(running) == sorted([survivor.id, fresh.id])
+        assert sorted(running) == sorted([survivor.id, saved.id, fresh.id, *others])
         print(f"node loss detected and reported {detected_s:.1f}s after the SIGKILL")
     finally:
         for sandbox in created:

@@ -37,6 +37,7 @@ from hutch_node_agent.network import (
     SandboxNetwork,
     SandboxNetworks,
     interface_prefix,
+    netns_name,
     slot_addresses,
     table_name,
 )
@@ -311,7 +312,7 @@ async def _clean_up(lab: Lab, table: str, pref: str) -> None:
     await _cmd("ip", "link", "del", lab.outside_link, check=False)
     await _cmd("ip", "netns", "del", lab.outside_netns, check=False)
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
-        if name.startswith(f"hutch-sb-{lab.tag}"):
+        if f"-sb-{lab.tag}" in name:
             await _cmd("ip", "netns", "del", name, check=False)
 
 
@@ -336,7 +337,7 @@ async def test_a_sandbox_gets_its_namespace_link_addresses_and_route(lab: Lab) -
     await networks.setup()
     network = await lab.create(networks)
 
-    assert network.netns_path == f"/run/netns/hutch-{network.sandbox_id}"
+    assert network.netns_path == f"/run/netns/{networks.table}-{network.sandbox_id}"
     assert (network.host_ip, network.sandbox_ip) == slot_addresses(lab.pool, 0)
     assert network.host_interface.startswith(interface_prefix(networks.table))
     inside = await _cmd("ip", "-n", network.netns_name, "-j", "addr")
@@ -539,14 +540,14 @@ async def test_a_failed_create_leaves_nothing_behind(lab: Lab) -> None:
     networks = lab.networks()
     await networks.setup()
     taken = lab.sandbox_id()
-    _ip("netns", "add", f"hutch-{taken}")  # a namespace of that name already exists
+    _ip("netns", "add", netns_name(networks.table, taken))  # a namespace of that name already exists
     try:
         with pytest.raises(errors.Internal):
             await networks.create(taken)
         assert networks.get(taken) is None
         assert not [name for name in os.listdir(SYS_CLASS_NET) if name.startswith(interface_prefix(networks.table))]
     finally:
-        await _cmd("ip", "netns", "del", f"hutch-{taken}", check=False)
+        await _cmd("ip", "netns", "del", netns_name(networks.table, taken), check=False)
 
 
 async def test_two_nodes_on_one_host_keep_their_own_tables(lab: Lab) -> None:

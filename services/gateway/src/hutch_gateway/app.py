@@ -35,6 +35,7 @@ from hutch_gateway.grpc_api import (
     TemplatesServicer,
 )
 from hutch_gateway.janitor import SnapshotJanitor
+from hutch_gateway.lost_recovery import LostRecovery
 from hutch_gateway.network_api import NetworkServicer
 from hutch_gateway.network_service import NetworkService
 from hutch_gateway.node_snapshots import NodeSnapshotCalls
@@ -183,7 +184,11 @@ async def run(settings: GatewaySettings) -> None:
                     relay.run(shutdown),
                     feed.run(shutdown),
                     nodes.run(shutdown),
-                    bus.consume(projection, SandboxProjection(pool, relay, region, janitor), shutdown),
+                    bus.consume(
+                        projection,
+                        SandboxProjection(pool, relay, region, janitor, LostRecovery(snapshot_store)),
+                        shutdown,
+                    ),
                     bus.consume(egress_projection.consumer(region), egress_projection.EgressProjection(pool), shutdown),
                     egress_projection.prune(pool, region, shutdown),
                     SandboxStates(pool, region, settings.telemetry.metrics_interval_s).run(shutdown),

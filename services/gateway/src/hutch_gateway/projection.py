@@ -19,9 +19,10 @@ from hutch.core import events, outbox
 from hutch.core.events import Envelope
 from hutch.core.outbox import OutboxRelay
 from hutch.events.v1 import sandbox_pb2 as ev
-from hutch_gateway import events_out, store
-from hutch_gateway.domain import SandboxRecord, State
+from hutch_gateway import events_out, store, templates
+from hutch_gateway.domain import SandboxRecord, State, restart_request
 from hutch_gateway.janitor import SnapshotJanitor
+from hutch_gateway.lost_recovery import LostRecovery
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,24 @@ STOP_REASONS = {
 
 class SandboxProjection:
     def __init__(
-        self, db: asyncpg.Pool, relay: OutboxRelay, region: str, janitor: SnapshotJanitor | None = None
+        self,
+        db: asyncpg.Pool,
+        relay: OutboxRelay,
+        region: str,
+        janitor: SnapshotJanitor | None = None,
+        recovery: LostRecovery | None = None,
     ) -> None:
         self._db = db
         self._relay = relay
         self._region = region
         self._janitor = janitor
+        self._recovery = recovery
 
     async def __call__(self, envelope: Envelope[Message]) -> None:
         kind = envelope.kind
         ended: SandboxRecord | None = None
+        # Looked up before the transaction: it asks the snapshot-store.
+        restart_from = await self._restart_point(envelope) if kind is events.SANDBOX_STOPPED else None
         async with self._db.acquire() as conn, conn.transaction():
             if kind is events.SANDBOX_PLACED:
                 placed = cast(ev.SandboxPlaced, envelope.payload)
@@ -68,9 +77,42 @@ class SandboxProjection:
                 )
             elif kind is events.SANDBOX_STOPPED:
                 stopped = cast(ev.SandboxStopped, envelope.payload)
-                ended = await self._stopped(conn, stopped, envelope.id)
+                if restart_from is None or not await self._restart(conn, stopped, envelope.id, restart_from):
+                    ended = await self._stopped(conn, stopped, envelope.id)
+        if restart_from is not None:
+            self._relay.kick()
         if ended is not None and ended.state.ended and ended.paused_snapshot and self._janitor is not None:
             self._janitor.forget(ended.tenant_id, ended.paused_snapshot)  # its last pause's state is not needed
+
+    async def _restart_point(self, envelope: Envelope[Message]) -> str | None:
+        """For a sandbox whose node was lost: the snapshot to start it again from, if any."""
+        stopped = cast(ev.SandboxStopped, envelope.payload)
+        if self._recovery is None or stopped.reason != "lost":
+            return None
+        record = await store.get(self._db, stopped.sandbox_id)
+        lost = events.incarnation_of(envelope.id, stopped.sandbox_id)
+        if record is None or record.state not in (State.PENDING, State.RUNNING) or record.incarnation != lost:
+            return None
+        return await self._recovery.snapshot_to_restart_from(record)
+
+    async def _restart(
+        self, conn: asyncpg.Connection, stopped: ev.SandboxStopped, event_id: str, snapshot_id: str
+    ) -> bool:
+        """Starts a sandbox whose node was lost again from `snapshot_id`, on whichever node the
+        scheduler picks (never the fenced one); False when the lost start is no longer current."""
+        lost = events.incarnation_of(event_id, stopped.sandbox_id) or ""
+        reason = f"its node was lost; restarting it from snapshot {snapshot_id}"
+        record = await store.mark_restarting(conn, stopped.sandbox_id, lost, snapshot_id, reason)
+        if record is None:
+            return False
+        template_key = await templates.resolve(conn, record.tenant_id, record.template)
+        await outbox.stage(
+            conn,
+            events.SANDBOX_REQUESTED.subject(self._region),
+            events_out.requested(record, restart_request(record), template_key),
+        )
+        log.info("sandbox %s lost its node; restarting it from %s", record.id, snapshot_id)
+        return True
 
     async def _stopped(
         self, conn: asyncpg.Connection, stopped: ev.SandboxStopped, event_id: str

@@ -401,6 +401,31 @@ async def mark_resuming(conn: asyncpg.Connection, sandbox_id: str) -> SandboxRec
     return _record(row)
 
 
+async def mark_restarting(
+    conn: asyncpg.Connection, sandbox_id: str, lost_incarnation: str, snapshot_id: str, reason: str
+) -> SandboxRecord | None:
+    """A sandbox whose node was lost, PENDING again as a start from `snapshot_id`; None when the
+    lost start is no longer its current one."""
+    row = await conn.fetchrow(
+        f"""UPDATE sandboxes SET
+               state = 'pending',
+               incarnation = $3,
+               node_id = NULL,
+               error_code = '',
+               state_reason = $4
+           WHERE id = $1 AND state IN ('pending', 'running') AND incarnation = $2
+           RETURNING {_COLUMNS}""",
+        sandbox_id,
+        lost_incarnation,
+        snapshot_id,
+        reason,
+    )
+    if row is None:
+        return None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
 async def back_to_paused(
     conn: asyncpg.Connection, sandbox_id: str, incarnation: str, error_code: str, reason: str
 ) -> SandboxRecord | None:

@@ -102,8 +102,10 @@ def interface_name(table: str, index: int) -> str:
     return f"{interface_prefix(table)}{index:0{_INDEX_DIGITS}x}"
 
 
-def netns_name(sandbox_id: str) -> str:
-    return f"hutch-{sandbox_id}"
+def netns_name(table: str, sandbox_id: str) -> str:
+    """Named after the node's table too: two node-agents on one host (a test, a partitioned node and
+    its replacement) may each hold a network for the same sandbox id."""
+    return f"{table}-{sandbox_id}"
 
 
 def slot_count(pool: IPv4Network) -> int:
@@ -386,6 +388,11 @@ class SandboxNetworks:
         index = self._ready().get(sandbox_id)
         return None if index is None else self._network(sandbox_id, index)
 
+    def netns_of(self, sandbox_id: str) -> str | None:
+        """The path of the sandbox's namespace while it exists (for the runtimes)."""
+        network = self.get(sandbox_id) if self._allocator is not None else None
+        return network.netns_path if network is not None and Path(network.netns_path).exists() else None
+
     async def create(self, sandbox_id: str) -> SandboxNetwork:
         check_sandbox_id(sandbox_id)
         allocator = self._ready()
@@ -430,7 +437,7 @@ class SandboxNetworks:
         host_ip, sandbox_ip = slot_addresses(self.pool, index)
         return SandboxNetwork(
             sandbox_id=sandbox_id,
-            netns_path=str(NETNS_DIR / netns_name(sandbox_id)),
+            netns_path=str(NETNS_DIR / netns_name(self.table, sandbox_id)),
             host_interface=interface_name(self.table, index),
             host_ip=host_ip,
             sandbox_ip=sandbox_ip,

@@ -80,7 +80,7 @@ async def assemble(
     networks = SandboxNetworks.for_node(options)
     await networks.setup()
     supervisor = await asyncio.to_thread(build_runtime, layout.runtime_cache)
-    runtimes = node_runtimes(layout.root)
+    runtimes = node_runtimes(layout.root, netns_of=networks.netns_of)
     manager = SandboxManager(
         options,
         layout,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Final
 
 from hutch.core import errors
-from hutch_node_agent.network import NETNS_DIR, netns_name
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +34,6 @@ NetnsLookup = Callable[[str], "str | None"]
 
 def no_netns(sandbox_id: str) -> str | None:
     return None
-
-
-def sandbox_netns(sandbox_id: str) -> str | None:
-    """The namespace the node's network set up for the sandbox, while it exists."""
-    path = NETNS_DIR / netns_name(sandbox_id)
-    return str(path) if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -232,7 +225,7 @@ def crun(state_root: Path) -> OciRuntime:
     return OciRuntime(CONTAINER, "crun", state_root)
 
 
-def runsc(state_root: Path, network: str = "none") -> OciRuntime:
+def runsc(state_root: Path, network: str = "none", netns_of: NetnsLookup = no_netns) -> OciRuntime:
     """gVisor: a user-space kernel between the sandbox and the host (ptrace platform).
 
     `--host-uds=create` lets the supervisor create its socket in the host folder mounted at
@@ -240,17 +233,18 @@ def runsc(state_root: Path, network: str = "none") -> OciRuntime:
     overlay upper layer on the host, where snapshots and quotas see them.
     """
     flags = ("--host-uds=create", "--overlay2=none", f"--network={network}")
-    return OciRuntime(GVISOR, "runsc", state_root, flags, netns_of=sandbox_netns)
+    return OciRuntime(GVISOR, "runsc", state_root, flags, netns_of=netns_of)
 
 
-def node_runtimes(layout_root: Path, network: str = "none") -> dict[str, OciRuntime]:
+def node_runtimes(layout_root: Path, network: str = "none", netns_of: NetnsLookup = no_netns) -> dict[str, OciRuntime]:
     """Every isolation class this host can run, keyed by class: a class whose runtime is not installed
-    is simply not offered (the node's heartbeat says which it has)."""
+    is simply not offered (the node's heartbeat says which it has). `netns_of` finds the network
+    namespace a sandbox runs in (SandboxNetworks.netns_of)."""
     runtimes: dict[str, OciRuntime] = {}
     if shutil.which("crun"):
         runtimes[CONTAINER] = crun(layout_root / "runtimes" / CONTAINER)
     if shutil.which("runsc"):
-        runtimes[GVISOR] = runsc(layout_root / "runtimes" / GVISOR, network)
+        runtimes[GVISOR] = runsc(layout_root / "runtimes" / GVISOR, network, netns_of)
     if not runtimes:
         raise errors.FailedPrecondition("neither crun nor runsc is installed: run `make deps`")
     return runtimes

@@ -84,8 +84,12 @@ def test_services_export_request_durations_and_fleet_gauges(local_stack: Any, sa
     assert create["count"] >= 1 and create["sum"] > 0
     calls = _wait_for(metrics, "gateway", "rpc.server.requests", lambda p: p["attributes"].get("rpc.method") == "List")
     assert calls["value"] >= 1
+    # The gauge is read every few seconds: an export from before the sandbox ran may say 0.
     running = _wait_for(
-        metrics, "gateway", "hutch.sandboxes", lambda p: p["attributes"].get("hutch.state") == "running"
+        metrics,
+        "gateway",
+        "hutch.sandboxes",
+        lambda p: p["attributes"].get("hutch.state") == "running" and p["value"] >= 1,
     )
     assert running["value"] >= 1
     # The scheduler placed the sandbox from a `sandbox.requested` event and reports its lag.

@@ -110,7 +110,7 @@ def test_the_hosts_loopback_services_are_unreachable(attacker: Sandbox, local_st
     # Loopback and the sandbox's own link to the node (whose firewall sends everything to the
     # egress-proxy); no other interface of the host is visible.
     out, _ = sh(attacker, "ip -o link | awk -F': ' '{print $2}' | cut -d@ -f1")
-    assert out.split() == ["lo", "eth0"]
+    assert sorted(out.split()) == ["eth0", "lo"]
 
 
 def test_mounting_raw_sockets_and_kernel_modules_are_refused(attacker: Sandbox) -> None:

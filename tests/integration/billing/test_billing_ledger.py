@@ -175,7 +175,8 @@ async def test_duplicates_redeliveries_restarts_and_a_replay_add_nothing(meter: 
         pending = await meter.bus.js.consumer_info(usage_stream(meter.bus.region).name, "billing-meter")
         return await meter.processed() == 20 and pending.num_pending == 0 and pending.num_ack_pending == 0
 
-    await meter.consume_until(all_acked, crash_after_commit)
+    # Messages the stopped consumer had fetched come back only after their ack wait (60 s).
+    await meter.consume_until(all_acked, crash_after_commit, timeout=150)
     assert await meter.active_ns() == 20 * int(1.5 * S)
 
     # The whole stream again, through a brand-new durable consumer: the ledger does not move.

@@ -286,7 +286,7 @@ async def test_a_reader_that_falls_behind_is_told_what_it_missed(sandbox: Sandbo
     session = await sandbox.client.attach(pid)
     assert await anext(session) == Started(pid, 0)
     await shell(sandbox, f"touch {flag}")
-    await until_exited(sandbox, pid)  # all of it was written while this session read nothing
+    await until_exited(sandbox, pid)  # all of it was written while no client read any of it
 
     events = await collect(session)
 

@@ -191,7 +191,12 @@ async def run(settings: GatewaySettings) -> None:
                     ),
                     bus.consume(egress_projection.consumer(region), egress_projection.EgressProjection(pool), shutdown),
                     egress_projection.prune(pool, region, shutdown),
-                    SandboxStates(pool, region, settings.telemetry.metrics_interval_s).run(shutdown),
+                    # Counting sandboxes by state is only worth its query when something exports it.
+                    *(
+                        [SandboxStates(pool, region, settings.telemetry.metrics_interval_s).run(shutdown)]
+                        if settings.telemetry.exporter != "none"
+                        else []
+                    ),
                     bus.consume(sleep.consumer(region), sleep.SleepConsumer(sandbox_snapshots), shutdown),
                 )
             finally:

@@ -90,6 +90,12 @@ def _subvolume_id(folder: Path) -> int:
     return int(_sh("btrfs", "inspect-internal", "rootid", str(folder)))
 
 
+def _wait_for_dropped_subvolumes(volume: Path) -> None:
+    # A commit wakes the cleaner, which drops deleted subvolumes; then wait until it has.
+    _sh("btrfs", "filesystem", "sync", str(volume))
+    _sh("btrfs", "subvolume", "sync", str(volume))
+
+
 def _qgroups(volume: Path) -> str:
     return _sh("btrfs", "qgroup", "show", "-r", str(volume))
 
@@ -249,12 +255,34 @@ async def test_release_deletes_the_folder_and_its_quota_group(quotas: DiskQuotas
     await quotas.release(folder)
 
     assert not folder.exists()
-    # A commit wakes the cleaner, which drops deleted subvolumes; then wait until it has.
-    _sh("btrfs", "filesystem", "sync", str(quotas.volume))
-    _sh("btrfs", "subvolume", "sync", str(quotas.volume))
+    _wait_for_dropped_subvolumes(quotas.volume)
+    await quotas.clear_stale_quota_groups()  # whether or not the kernel dropped the group itself
     assert qgroup not in _qgroups(quotas.volume).split()
     await quotas.apply(folder, LIMIT)  # the name is free again, with a fresh quota
     assert await quotas.usage(folder) < MiB
+
+
+async def test_a_deleted_folder_a_snapshot_shared_leaves_no_quota_group_behind(quotas: DiskQuotas) -> None:
+    # Simple quotas count an extent against the folder that wrote it until the extent is freed, so a
+    # folder deleted while its snapshot still holds its bytes keeps a group after the kernel drops it.
+    # Node snapshots and forks do exactly this; without a sweep such groups would pile up for good.
+    kept, source, frozen, other = (quotas.volume_root / name for name in ("kept", "source", "frozen", "other"))
+    await quotas.apply(kept, LIMIT)
+    await quotas.apply(source, LIMIT)
+    _fill(source, most=8 * MiB)
+    await quotas.snapshot(source, frozen, read_only=True)
+    kept_group, source_group = f"0/{_subvolume_id(kept)}", f"0/{_subvolume_id(source)}"
+
+    await quotas.release(source)
+    await quotas.release(frozen)
+    _wait_for_dropped_subvolumes(quotas.volume)
+    await quotas.apply(other, LIMIT)
+    await quotas.release(other)  # a later release sweeps what earlier ones left
+
+    groups = _qgroups(quotas.volume).split()
+    assert source_group not in groups
+    assert kept_group in groups  # a live folder keeps its group and its limit
+    assert LIMIT - SLACK <= _fill(kept) <= LIMIT
 
 
 async def test_release_removes_plain_folders_and_ignores_missing_ones(quotas: DiskQuotas) -> None:

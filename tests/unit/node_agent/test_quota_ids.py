@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from hutch_node_agent.quota import MountEntry, mount_containing, parse_mountinfo, qgroup_id, qgroup_limit_args
+from hutch_node_agent.quota import (
+    MountEntry,
+    mount_containing,
+    parse_mountinfo,
+    qgroup_id,
+    qgroup_limit_args,
+    subvolume_ids_in_search_result,
+)
 
 # -- quota group ids -------------------------------------------------------------------------------
 
@@ -94,3 +101,27 @@ def test_the_last_of_stacked_mounts_is_the_one_in_use() -> None:
 
 def test_no_mounts_means_no_answer() -> None:
     assert mount_containing(Path("/x"), []) is None
+
+
+def _search_item(objectid: int, item_type: int, offset: int, data: bytes) -> bytes:
+    # struct btrfs_ioctl_search_header, then the item itself
+    return struct.pack("=3Q2I", 7, objectid, offset, item_type, len(data)) + data
+
+
+def test_a_tree_search_result_yields_subvolume_root_items_only() -> None:
+    result = (
+        _search_item(5, 132, 0, b"x" * 439)  # the top level: not a sandbox folder
+        + _search_item(256, 132, 0, b"x" * 439)
+        + _search_item(256, 144, 5, b"ref")  # a back reference of subvolume 256, not a root
+        + _search_item(300, 132, 0, b"x" * 439)
+        + b"\0" * 64  # what the buffer holds past the items
+    )
+
+    ids, last = subvolume_ids_in_search_result(result, 4)
+
+    assert ids == [256, 300]
+    assert last == (300, 132, 0)
+
+
+def test_an_empty_tree_search_result_has_no_last_key() -> None:
+    assert subvolume_ids_in_search_result(b"\0" * 64, 0) == ([], None)

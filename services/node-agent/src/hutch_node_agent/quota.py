@@ -84,6 +84,16 @@ _IOC_QUOTA_RESCAN_WAIT: Final = _btrfs_ioctl(0, 46, 0)
 _VOL_ARGS_V2: Final = struct.Struct("qQQ32s4040s")  # struct btrfs_ioctl_vol_args_v2
 _IOC_SNAP_CREATE_V2: Final = _btrfs_ioctl(_W, 23, _VOL_ARGS_V2.size)
 _SUBVOL_RDONLY: Final = 1 << 1
+_IOC_QGROUP_CREATE: Final = _btrfs_ioctl(_W, 42, 16)  # struct btrfs_ioctl_qgroup_create_args
+# struct btrfs_ioctl_search_key: tree, objectid, offset and transid ranges, type range, item count.
+_SEARCH_KEY: Final = struct.Struct("=7Q4I4Q")
+_SEARCH_HEADER: Final = struct.Struct("=3Q2I")  # struct btrfs_ioctl_search_header
+_IOC_TREE_SEARCH: Final = _btrfs_ioctl(_RW, 17, 4096)  # struct btrfs_ioctl_search_args
+_ROOT_TREE: Final = 1
+_ROOT_ITEM_KEY: Final = 132
+_LAST_FREE_OBJECTID: Final = 2**64 - 256
+_U64_MAX: Final = 2**64 - 1
+_LEVEL0_QGROUP = re.compile(r"0_(\d+)")
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -94,6 +104,21 @@ def qgroup_id(subvolume_id: int, level: int = 0) -> int:
     if not 0 <= level < 2**16 or not 0 < subvolume_id < 2**_QGROUP_LEVEL_SHIFT:
         raise ValueError(f"no quota group {level}/{subvolume_id}")
     return (level << _QGROUP_LEVEL_SHIFT) | subvolume_id
+
+
+def subvolume_ids_in_search_result(buffer: bytes, count: int) -> tuple[list[int], tuple[int, int, int] | None]:
+    """The subvolumes (ROOT_ITEM keys) among `count` items of a tree search result, and the key of
+    the last item, from which the next search goes on (None when there was none)."""
+    ids: list[int] = []
+    last: tuple[int, int, int] | None = None
+    at = 0
+    for _ in range(count):
+        _transid, objectid, offset, item_type, length = _SEARCH_HEADER.unpack_from(buffer, at)
+        at += _SEARCH_HEADER.size + length
+        if item_type == _ROOT_ITEM_KEY and SUBVOLUME_ROOT_INODE <= objectid <= _LAST_FREE_OBJECTID:
+            ids.append(objectid)
+        last = (objectid, item_type, offset)
+    return ids, last
 
 
 def qgroup_limit_args(qgroup: int, limit_bytes: int) -> bytes:
@@ -226,6 +251,7 @@ class DiskQuotas:
                 await asyncio.to_thread(_enable_quotas, fd, fsid)
             self.volume_root.mkdir(exist_ok=True)
             self._fsid = fsid
+            await asyncio.to_thread(_clear_stale_quota_groups, self.volume, fsid)
 
     async def detach(self) -> None:
         """Unmounts the volume (its loop device goes with it); for decommissioning a node and tests."""
@@ -317,12 +343,25 @@ class DiskQuotas:
         """Deletes `folder` with everything in it and drops its quota.
 
         Unmount whatever is mounted inside first: the kernel would detach such mounts itself. btrfs
-        frees the space in the background, and the folder's quota group disappears once it has. A
+        frees the space in the background, and the folder's quota group disappears once it has (or,
+        where the kernel leaves it behind, at a later release or node start). A
         folder that was never given a limit is removed all the same; a missing one is no error.
         """
         fsid = self._prepared_fsid()
         folder = self._inside_volume(folder)
         await asyncio.to_thread(_remove, folder, fsid)
+        # This folder's own group goes later, in the background; the sweep takes those left earlier.
+        await self.clear_stale_quota_groups()
+
+    async def clear_stale_quota_groups(self) -> int:
+        """Destroys the quota groups whose subvolume is gone; returns how many it destroyed.
+
+        The kernel drops a deleted folder's quota group itself once its last extent is freed, but
+        not when the group's counters were still settling at that moment: such a stale group would
+        stay for good. `release` sweeps them, so they cannot pile up over a node's life.
+        """
+        fsid = self._prepared_fsid()
+        return await asyncio.to_thread(_clear_stale_quota_groups, self.volume, fsid)
 
     async def snapshot(self, source: Path, destination: Path, *, read_only: bool) -> None:
         """Makes `destination` a copy-on-write snapshot of the subvolume `source`, in constant time
@@ -441,3 +480,56 @@ def _remove(folder: Path, fsid: uuid.UUID) -> None:
             fcntl.ioctl(parent, _IOC_SNAP_DESTROY, _vol_args(folder.name))
         except OSError as exc:
             raise errors.Internal(f"cannot delete the sandbox folder {folder}: {exc}") from exc
+
+
+def _existing_subvolumes(fd: int) -> set[int]:
+    """Every subvolume the root tree still has an item for, deleted ones not yet dropped included."""
+    found: set[int] = set()
+    start = (SUBVOLUME_ROOT_INODE, _ROOT_ITEM_KEY, 0)
+    while True:
+        objectid, item_type, offset = start
+        args = bytearray(4096)
+        _SEARCH_KEY.pack_into(
+            args, 0, _ROOT_TREE, objectid, _LAST_FREE_OBJECTID, offset, _U64_MAX, 0, _U64_MAX,
+            item_type, _ROOT_ITEM_KEY, 4096, 0, 0, 0, 0, 0,
+        )  # fmt: skip
+        fcntl.ioctl(fd, _IOC_TREE_SEARCH, args)
+        count = _SEARCH_KEY.unpack_from(args)[9]  # the kernel writes back how many items it copied
+        ids, last = subvolume_ids_in_search_result(bytes(args[_SEARCH_KEY.size :]), count)
+        found.update(ids)
+        if last is None:
+            return found
+        # Keys are ordered (objectid, type, offset): go on just after the last one returned.
+        objectid, item_type, offset = last
+        if offset < _U64_MAX:
+            start = (objectid, item_type, offset + 1)
+        elif item_type < _ROOT_ITEM_KEY:
+            start = (objectid, item_type + 1, 0)
+        elif objectid < _LAST_FREE_OBJECTID:
+            start = (objectid + 1, 0, 0)
+        else:
+            return found
+
+
+def _clear_stale_quota_groups(volume: Path, fsid: uuid.UUID) -> int:
+    groups_dir = SYSFS_BTRFS / str(fsid) / "qgroups"
+    try:
+        level0 = [int(m.group(1)) for name in os.listdir(groups_dir) if (m := _LEVEL0_QGROUP.fullmatch(name))]
+    except FileNotFoundError:
+        return 0  # quotas are off
+    with _open_dir(volume) as fd:
+        existing = _existing_subvolumes(fd)
+        cleared = 0
+        for subvolume in sorted(level0):
+            if subvolume < SUBVOLUME_ROOT_INODE or subvolume in existing:
+                continue  # the top level, or a live (or still dropping) subvolume
+            try:
+                fcntl.ioctl(fd, _IOC_QGROUP_CREATE, bytearray(struct.pack("=QQ", 0, qgroup_id(subvolume))))
+                cleared += 1
+            except OSError as exc:
+                # ENOENT: the kernel dropped it meanwhile. EBUSY: it still counts bytes; a later sweep.
+                if exc.errno not in (errno.ENOENT, errno.EBUSY):
+                    log.warning("cannot destroy the stale quota group 0/%d: %s", subvolume, exc)
+    if cleared:
+        log.info("destroyed %d stale quota groups on the sandbox volume", cleared)
+    return cleared

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import nats
 import pytest
 from nats.js.api import DeliverPolicy
 
-from hutch import InvalidArgumentError, NotFoundError, Sandbox, SandboxError, SandboxState
+from hutch import InvalidArgumentError, NotFoundError, Sandbox, SandboxError, SandboxInfo, SandboxState
 from hutch.testing import eventually_sync
 
 pytestmark = pytest.mark.e2e
@@ -166,6 +167,30 @@ def test_a_busy_or_attached_sandbox_stays_awake(make_sandbox: Callable[..., Sand
     assert handle.wait().stdout == "done\n"
     assert box.get_info().state is SandboxState.RUNNING
     asleep(box)  # and once both are over, it sleeps
+
+
+def test_the_fleet_view_shows_how_long_each_running_sandbox_has_been_idle(
+    make_sandbox: Callable[..., Sandbox], connection: dict[str, str]
+) -> None:
+    box = make_sandbox(isolation="container")  # no idle policy: the idle time is shown all the same
+
+    def idle_at_least(seconds: float) -> SandboxInfo | None:
+        info = box.get_info()
+        assert info.idle_since is not None
+        return info if (datetime.now(UTC) - info.idle_since).total_seconds() >= seconds else None
+
+    box.commands.run("true")
+    eventually_sync(lambda: idle_at_least(3), timeout=20)
+    # Busy on its own, with no call to it: CPU counts as use.
+    busy_from = datetime.now(UTC)
+    box.commands.run("timeout 12 sh -c 'while :; do :; done' >/dev/null 2>&1 &")
+    time.sleep(6)
+    listed = {info.id: info for info in Sandbox.list(**connection)}
+    since = listed[box.id].idle_since
+    assert since is not None and since > busy_from + timedelta(seconds=2), (busy_from, since)
+    # Once the loop ends it is idle again, counting from then.
+    again = eventually_sync(lambda: idle_at_least(3), timeout=30)
+    assert again is not None and again.idle_since is not None and again.idle_since > since
 
 
 def test_bad_idle_policies_are_refused(connection: dict[str, str]) -> None:

@@ -121,3 +121,17 @@ def test_sandboxes_that_are_gone_are_forgotten() -> None:
     watcher.check([box], 1.0)
     clock.now += 5
     assert ids(watcher.check([box], 1.0)) == [box.id]
+
+
+def test_cpu_use_counts_for_sandboxes_without_a_policy_too() -> None:
+    # The fleet view shows every sandbox's idle time, with the meaning sleep gives it.
+    clock, activity, stats, watcher = setup()
+    box = sandbox("sb-nopolicy02", 0)
+    stats.cpu_ns[box.id] = 0
+    watcher.check([box], 1.0)
+    clock.now += 30
+    stats.cpu_ns[box.id] += 20_000_000_000  # busy on its own
+    assert watcher.check([box], 1.0) == []  # nothing to report without a policy
+    assert activity.idle_for(box.id) == 0
+    clock.now += 7
+    assert activity.idle_for(box.id) == 7

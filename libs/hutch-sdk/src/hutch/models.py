@@ -109,6 +109,8 @@ class SandboxInfo:
         auto_sleep_after: Idle seconds after which it goes to sleep, or None (never).
         asleep: Paused because it was idle: any request to it wakes it.
         memory_ceiling_mb: With automatic memory, the most `memory_mb` may grow to; else None.
+        idle_since: While running, when it was last in use (an API call or open connection to it,
+            or CPU above 5% of a vCPU), as its node last reported; else None.
     """
 
     id: str
@@ -133,6 +135,7 @@ class SandboxInfo:
     auto_sleep_after: int | None = None
     asleep: bool = False
     memory_ceiling_mb: int | None = None
+    idle_since: datetime | None = None
 
     @classmethod
     def from_proto(cls, message: sandbox_pb2.Sandbox) -> SandboxInfo:
@@ -160,6 +163,7 @@ class SandboxInfo:
             auto_sleep_after=message.auto_sleep_after_seconds or None,
             asleep=message.asleep,
             memory_ceiling_mb=message.memory_ceiling_mb or None,
+            idle_since=_time(message.idle_since, message.HasField("idle_since")),
         )
 
 

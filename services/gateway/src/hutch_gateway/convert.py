@@ -30,7 +30,7 @@ def _timestamp(value: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
+def sandbox(record: SandboxRecord, idle_since: datetime | None = None) -> sandbox_pb2.Sandbox:
     return sandbox_pb2.Sandbox(
         id=record.id,
         name=record.name,
@@ -55,6 +55,7 @@ def sandbox(record: SandboxRecord) -> sandbox_pb2.Sandbox:
         auto_sleep_after_seconds=record.auto_sleep_after_s,
         asleep=record.asleep and record.state == State.PAUSED,
         memory_ceiling_mb=record.memory_ceiling_mb,
+        idle_since=_timestamp(idle_since) if record.state == State.RUNNING else None,
     )
 
 

@@ -93,7 +93,8 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
 
     async def Get(self, request: sandbox_pb2.GetSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = await self._tenant(context)
-        return convert.sandbox(await self._service.get(tenant, request.sandbox))
+        record = await self._service.get(tenant, request.sandbox)
+        return convert.sandbox(record, self._service.idle_since(record))
 
     async def List(
         self, request: sandbox_pb2.ListSandboxesRequest, context: Context
@@ -106,7 +107,9 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             request.page_size,
             request.page_token,
         )
-        return sandbox_pb2.ListSandboxesResponse(sandboxes=[convert.sandbox(r) for r in records], next_page_token=token)
+        return sandbox_pb2.ListSandboxesResponse(
+            sandboxes=[convert.sandbox(r, self._service.idle_since(r)) for r in records], next_page_token=token
+        )
 
     async def Kill(self, request: sandbox_pb2.KillSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = await self._tenant(context)

@@ -280,6 +280,11 @@ class SandboxService:
             raise not_running(record)
         return record, self.node(record)
 
+    def idle_since(self, record: SandboxRecord) -> datetime | None:
+        """When a running sandbox was last in use, as its node last said; None when not known."""
+        node = self._nodes.get(record.node_id) if record.state == State.RUNNING and record.node_id else None
+        return node.idle_since.get(record.id) if node is not None else None
+
     def node(self, record: SandboxRecord) -> NodeInfo:
         """The live node a running sandbox is on."""
         node = self._nodes.get(record.node_id) if record.node_id else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.kv import KeyValue
@@ -65,9 +65,10 @@ class Heartbeat:
 
     def message(self) -> node_pb2.NodeHeartbeat:
         cpu, memory = self._manager.allocated()
+        now = datetime.now(UTC)
         sent_at = Timestamp()
-        sent_at.FromDatetime(datetime.now(UTC))
-        return node_pb2.NodeHeartbeat(
+        sent_at.FromDatetime(now)
+        beat = node_pb2.NodeHeartbeat(
             node_id=self._options.id,
             region=self._region,
             address=self.address,
@@ -82,6 +83,11 @@ class Heartbeat:
             sent_at=sent_at,
             version=VERSION,
         )
+        for sandbox in self._manager.all():
+            if sandbox.status == "running":
+                idle_s = self._manager.activity.idle_for(sandbox.id)
+                beat.idle_since[sandbox.id].FromDatetime(now - timedelta(seconds=idle_s))
+        return beat
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

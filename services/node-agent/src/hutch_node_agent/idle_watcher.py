@@ -47,14 +47,15 @@ class IdleWatcher:
         self._reported: dict[str, float] = {}
 
     def check(self, sandboxes: list[LocalSandbox], interval_s: float) -> list[tuple[LocalSandbox, float]]:
-        """Samples every sandbox with an idle policy; returns those to report, with how long each has
-        been idle."""
+        """Samples every running sandbox's CPU; returns those with an idle policy to report, with how
+        long each has been idle."""
         due: list[tuple[LocalSandbox, float]] = []
         live = set()
         for sandbox in sandboxes:
-            policy = sandbox.request.auto_sleep_after_s
-            if not policy or sandbox.status != "running":
+            if sandbox.status != "running":
                 continue
+            # Every running sandbox's CPU counts as use, so the idle time the fleet view shows for
+            # one without a policy means what it would for one with.
             live.add(sandbox.id)
             counters = self._stats.read(sandbox.id)
             if counters is not None:
@@ -62,6 +63,9 @@ class IdleWatcher:
                 self._cpu_ns[sandbox.id] = counters.cpu_ns
                 if before is not None and counters.cpu_ns - before > IDLE_CPU_SHARE * interval_s * 1e9:
                     self._activity.touch(sandbox.id)
+            policy = sandbox.request.auto_sleep_after_s
+            if not policy:
+                continue
             idle = self._activity.idle_for(sandbox.id)
             if idle < policy:
                 self._reported.pop(sandbox.id, None)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError
@@ -40,6 +40,8 @@ class NodeInfo:
     sent_at: datetime
     # When this run of the node-agent started (its epoch); None when the heartbeat does not say.
     started_at: datetime | None = None
+    # Each running sandbox: when it was last in use.
+    idle_since: Mapping[str, datetime] = field(default_factory=dict)
 
     @classmethod
     def from_heartbeat(cls, beat: node_pb2.NodeHeartbeat) -> NodeInfo:
@@ -55,6 +57,7 @@ class NodeInfo:
             isolation_classes=frozenset(beat.isolation_classes),
             sent_at=beat.sent_at.ToDatetime(tzinfo=UTC),
             started_at=beat.started_at.ToDatetime(tzinfo=UTC) if beat.HasField("started_at") else None,
+            idle_since={sandbox: since.ToDatetime(tzinfo=UTC) for sandbox, since in beat.idle_since.items()},
         )
 
 

@@ -125,6 +125,7 @@ class Sandbox(_message.Message):
     AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     ASLEEP_FIELD_NUMBER: _builtins.int
     MEMORY_CEILING_MB_FIELD_NUMBER: _builtins.int
+    IDLE_SINCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template: _builtins.str
@@ -170,6 +171,12 @@ class Sandbox(_message.Message):
     def network(self) -> _network_pb2.NetworkPolicy:
         """What it may reach (see NetworkPolicy); empty: nothing."""
 
+    @_builtins.property
+    def idle_since(self) -> _timestamp_pb2.Timestamp:
+        """While RUNNING: when it was last in use (an API call or open connection to it, or CPU above 5%
+        of a vCPU), as its node last reported; close to now while in use. Unset in other states.
+        """
+
     def __init__(
         self,
         *,
@@ -195,10 +202,11 @@ class Sandbox(_message.Message):
         auto_sleep_after_seconds: _builtins.int = ...,
         asleep: _builtins.bool = ...,
         memory_ceiling_mb: _builtins.int = ...,
+        idle_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "network", b"network", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "idle_since", b"idle_since", "network", b"network", "resources", b"resources", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asleep", b"asleep", "auto_sleep_after_seconds", b"auto_sleep_after_seconds", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asleep", b"asleep", "auto_sleep_after_seconds", b"auto_sleep_after_seconds", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "forked_from", b"forked_from", "id", b"id", "idle_since", b"idle_since", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "paused_snapshot", b"paused_snapshot", "public_ports", b"public_ports", "region", b"region", "resources", b"resources", "source_snapshot", b"source_snapshot", "started_at", b"started_at", "state", b"state", "state_reason", b"state_reason", "template", b"template", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

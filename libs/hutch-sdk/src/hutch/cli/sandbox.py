@@ -104,8 +104,8 @@ def list_sandboxes(
 ) -> None:
     """List sandboxes, live ones only unless --all or --state is given.
 
-    UP is how long a running sandbox has been running since it first started (idle time is not
-    reported by the API, so it is not shown).
+    UP is how long a running sandbox has been running since it first started; IDLE is how long
+    since it was last in use (an API call or connection to it, or CPU above 5% of a vCPU).
     """
     states: list[SandboxState | str] | None = list(state) if state else None
     if show_all and not states:
@@ -116,7 +116,7 @@ def list_sandboxes(
         return
     node_of = _nodes_of_own_sandboxes() if any(i.state is SandboxState.RUNNING for i in sandboxes) else {}
     now = datetime.now(UTC)
-    table = Table("ID", "NAME", "STATE", "NODE", "CLASS", "CPU", "MEMORY", "UP", "CREATED", "METADATA")
+    table = Table("ID", "NAME", "STATE", "NODE", "CLASS", "CPU", "MEMORY", "UP", "IDLE", "CREATED", "METADATA")
     for info in sandboxes:
         cells = (
             info.id,
@@ -127,6 +127,7 @@ def list_sandboxes(
             f"{info.cpu:g}",
             f"{info.memory_mb} MiB",
             _up(info, now),
+            _idle(info, now),
             when(info.created_at),
             " ".join(f"{key}={value}" for key, value in sorted(info.metadata.items())) or "-",
         )
@@ -160,6 +161,7 @@ def get(
         ("ended", when(info.ended_at)),
         ("timeout", f"{info.timeout} s" if info.timeout else "none"),
         ("expires", when(info.expires_at)),
+        ("idle", _idle(info, datetime.now(UTC))),
         ("public ports", " ".join(str(port) for port in info.public_ports) or "-"),
     ]
     rows.extend((f"metadata.{key}", value) for key, value in sorted(info.metadata.items()))
@@ -269,6 +271,12 @@ def _up(info: SandboxInfo, now: datetime) -> str:
     if info.state is not SandboxState.RUNNING or info.started_at is None:
         return "-"
     return duration(max(0.0, (now - info.started_at).total_seconds()))
+
+
+def _idle(info: SandboxInfo, now: datetime) -> str:
+    if info.state is not SandboxState.RUNNING or info.idle_since is None:
+        return "-"
+    return duration(max(0.0, (now - info.idle_since).total_seconds()))
 
 
 def duration(seconds: float) -> str:

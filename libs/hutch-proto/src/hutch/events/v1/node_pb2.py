@@ -27,13 +27,15 @@ from hutch.events.v1 import sandbox_pb2 as hutch_dot_events_dot_v1_dot_sandbox__
 from hutch.v1 import network_pb2 as hutch_dot_v1_dot_network__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahutch/events/v1/node.proto\x12\x0fhutch.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dhutch/events/v1/sandbox.proto\x1a\x16hutch/v1/network.proto\"\xf6\x01\n\x0bNodeCommand\x12\x30\n\x06\x63reate\x18\x01 \x01(\x0b\x32\x1e.hutch.events.v1.CreateSandboxH\x00\x12,\n\x04kill\x18\x02 \x01(\x0b\x32\x1c.hutch.events.v1.KillSandboxH\x00\x12;\n\x0cset_deadline\x18\x03 \x01(\x0b\x32#.hutch.events.v1.SetSandboxDeadlineH\x00\x12?\n\x0eupdate_network\x18\x14 \x01(\x0b\x32%.hutch.events.v1.UpdateSandboxNetworkH\x00\x42\t\n\x07\x63ommand\"V\n\x12SetSandboxDeadline\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x14UpdateSandboxNetwork\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12(\n\x07network\x18\x02 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\";\n\rCreateSandbox\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"1\n\x0bKillSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xde\x02\n\rNodeHeartbeat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10\x63pu_millis_total\x18\x04 \x01(\r\x12\x17\n\x0fmemory_mb_total\x18\x05 \x01(\r\x12\x1c\n\x14\x63pu_millis_allocated\x18\x06 \x01(\r\x12\x1b\n\x13memory_mb_allocated\x18\x07 \x01(\r\x12\x11\n\tsandboxes\x18\x08 \x01(\r\x12\x11\n\ttemplates\x18\t \x03(\t\x12\x19\n\x11isolation_classes\x18\n \x03(\t\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahutch/events/v1/node.proto\x12\x0fhutch.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dhutch/events/v1/sandbox.proto\x1a\x16hutch/v1/network.proto\"\xf6\x01\n\x0bNodeCommand\x12\x30\n\x06\x63reate\x18\x01 \x01(\x0b\x32\x1e.hutch.events.v1.CreateSandboxH\x00\x12,\n\x04kill\x18\x02 \x01(\x0b\x32\x1c.hutch.events.v1.KillSandboxH\x00\x12;\n\x0cset_deadline\x18\x03 \x01(\x0b\x32#.hutch.events.v1.SetSandboxDeadlineH\x00\x12?\n\x0eupdate_network\x18\x14 \x01(\x0b\x32%.hutch.events.v1.UpdateSandboxNetworkH\x00\x42\t\n\x07\x63ommand\"V\n\x12SetSandboxDeadline\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x14UpdateSandboxNetwork\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12(\n\x07network\x18\x02 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\";\n\rCreateSandbox\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"1\n\x0bKillSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xef\x03\n\rNodeHeartbeat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10\x63pu_millis_total\x18\x04 \x01(\r\x12\x17\n\x0fmemory_mb_total\x18\x05 \x01(\r\x12\x1c\n\x14\x63pu_millis_allocated\x18\x06 \x01(\r\x12\x1b\n\x13memory_mb_allocated\x18\x07 \x01(\r\x12\x11\n\tsandboxes\x18\x08 \x01(\r\x12\x11\n\ttemplates\x18\t \x03(\t\x12\x19\n\x11isolation_classes\x18\n \x03(\t\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\t\x12\x41\n\nidle_since\x18\x0e \x03(\x0b\x32-.hutch.events.v1.NodeHeartbeat.IdleSinceEntry\x1aL\n\x0eIdleSinceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hutch.events.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_NODEHEARTBEAT_IDLESINCEENTRY']._loaded_options = None
+  _globals['_NODEHEARTBEAT_IDLESINCEENTRY']._serialized_options = b'8\001'
   _globals['_NODECOMMAND']._serialized_start=136
   _globals['_NODECOMMAND']._serialized_end=382
   _globals['_SETSANDBOXDEADLINE']._serialized_start=384
@@ -45,5 +47,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KILLSANDBOX']._serialized_start=619
   _globals['_KILLSANDBOX']._serialized_end=668
   _globals['_NODEHEARTBEAT']._serialized_start=671
-  _globals['_NODEHEARTBEAT']._serialized_end=1021
+  _globals['_NODEHEARTBEAT']._serialized_end=1166
+  _globals['_NODEHEARTBEAT_IDLESINCEENTRY']._serialized_start=1090
+  _globals['_NODEHEARTBEAT_IDLESINCEENTRY']._serialized_end=1166
 # @@protoc_insertion_point(module_scope)

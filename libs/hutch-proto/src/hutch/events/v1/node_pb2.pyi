@@ -156,6 +156,27 @@ class NodeHeartbeat(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class IdleSinceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _timestamp_pb2.Timestamp: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _timestamp_pb2.Timestamp | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_ID_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -169,6 +190,7 @@ class NodeHeartbeat(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    IDLE_SINCE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     region: _builtins.str
     address: _builtins.str
@@ -187,6 +209,12 @@ class NodeHeartbeat(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def idle_since(self) -> _containers.MessageMap[_builtins.str, _timestamp_pb2.Timestamp]:
+        """Each running sandbox: when it was last in use (a call or connection to it, or CPU above 5% of
+        a vCPU); sent_at for one in use right now.
+        """
+
     def __init__(
         self,
         *,
@@ -203,10 +231,11 @@ class NodeHeartbeat(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
+        idle_since: _abc.Mapping[_builtins.str, _timestamp_pb2.Timestamp] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cpu_millis_allocated", b"cpu_millis_allocated", "cpu_millis_total", b"cpu_millis_total", "isolation_classes", b"isolation_classes", "memory_mb_allocated", b"memory_mb_allocated", "memory_mb_total", b"memory_mb_total", "node_id", b"node_id", "region", b"region", "sandboxes", b"sandboxes", "sent_at", b"sent_at", "started_at", b"started_at", "templates", b"templates", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cpu_millis_allocated", b"cpu_millis_allocated", "cpu_millis_total", b"cpu_millis_total", "idle_since", b"idle_since", "isolation_classes", b"isolation_classes", "memory_mb_allocated", b"memory_mb_allocated", "memory_mb_total", b"memory_mb_total", "node_id", b"node_id", "region", b"region", "sandboxes", b"sandboxes", "sent_at", b"sent_at", "started_at", b"started_at", "templates", b"templates", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

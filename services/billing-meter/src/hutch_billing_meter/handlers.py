@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from hutch.core import telemetry
 from hutch.core.events import Envelope
+from hutch.core.warm_pool import is_pool_member
 from hutch.events.v1 import sandbox_pb2, usage_pb2
 from hutch_billing_meter import store
 from hutch_billing_meter.domain.buckets import split_by_minute
@@ -113,6 +114,8 @@ class SandboxCatalogue:
 
     async def __call__(self, envelope: Envelope[Message]) -> None:
         spec = cast(sandbox_pb2.SandboxRequested, envelope.payload).spec
+        if is_pool_member(spec.tenant_id or envelope.tenant):
+            return  # recorded once a create claims it, under its tenant (hutch.core.warm_pool)
         await store.record_sandbox(
             self._db,
             sandbox_id=spec.sandbox_id,

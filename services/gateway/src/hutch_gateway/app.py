@@ -51,6 +51,7 @@ from hutch_gateway.snapshot_catalog import SnapshotCatalog
 from hutch_gateway.snapshot_store import SnapshotStoreChannel
 from hutch_gateway.templates import TemplateService
 from hutch_gateway.usage_proxy import BillingChannel, UsageProxy
+from hutch_gateway.warm_pool import WarmPools
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,18 @@ async def run(settings: GatewaySettings) -> None:
             )
             node_snapshots = NodeSnapshotCalls(channels, nodes, options.snapshot_timeout_s)
             janitor = SnapshotJanitor(snapshot_store, node_snapshots)
+            pools = WarmPools(pool, relay, nodes, channels, region)
             service = SandboxService(
-                pool, relay, feed, nodes, options, region, preview, snapshots=snapshot_store, janitor=janitor
+                pool,
+                relay,
+                feed,
+                nodes,
+                options,
+                region,
+                preview,
+                snapshots=snapshot_store,
+                janitor=janitor,
+                pools=pools,
             )
             sandbox_snapshots = SandboxSnapshots(
                 pool, relay, feed, service, node_snapshots, snapshot_store, janitor, options, region
@@ -184,6 +195,7 @@ async def run(settings: GatewaySettings) -> None:
                     relay.run(shutdown),
                     feed.run(shutdown),
                     nodes.run(shutdown),
+                    pools.run(shutdown),
                     bus.consume(
                         projection,
                         SandboxProjection(pool, relay, region, janitor, LostRecovery(snapshot_store)),

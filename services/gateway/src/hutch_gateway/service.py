@@ -37,6 +37,7 @@ from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
 from hutch_gateway.snapshot_rules import not_running, parse_spec, restore_request
 from hutch_gateway.snapshot_store import SnapshotStoreChannel
+from hutch_gateway.warm_pool import WarmPools
 
 # Resumes a sleeping sandbox and returns it once it runs: (tenant id, sandbox id) -> record.
 Waker = Callable[[str, str], Awaitable[SandboxRecord]]
@@ -78,7 +79,9 @@ class SandboxService:
         *,
         snapshots: SnapshotStoreChannel | None = None,
         janitor: SnapshotJanitor | None = None,
+        pools: WarmPools | None = None,
     ) -> None:
+        self._pools = pools
         self._preview = preview
         self._snapshots = snapshots
         self._janitor = janitor
@@ -107,21 +110,28 @@ class SandboxService:
             isolation = choose_isolation(request.isolation, request.trust, policy)
             self._check_isolation(isolation)
             await quotas.enforce(conn, tenant_id, self._options.default_quota, 1, request.cpu_millis, request.memory_mb)
-            record = await store.insert_sandbox(
-                conn,
-                sandbox_id,
-                tenant_id,
-                request,
-                self._region,
-                isolation,
-                source_snapshot=restore.snapshot_id if restore else "",
-            )
-            await outbox.stage(
-                conn,
-                events.SANDBOX_REQUESTED.subject(self._region),
-                events_out.requested(record, request, template_key, prefer_node=restore.prefer_node if restore else ""),
-            )
+            warm = None
+            if restore is None and self._pools is not None:
+                warm = await self._pools.hand_over(conn, tenant_id, request, isolation, template_key)
+            if warm is None:
+                record = await store.insert_sandbox(
+                    conn,
+                    sandbox_id,
+                    tenant_id,
+                    request,
+                    self._region,
+                    isolation,
+                    source_snapshot=restore.snapshot_id if restore else "",
+                )
+                prefer = restore.prefer_node if restore else ""
+                await outbox.stage(
+                    conn,
+                    events.SANDBOX_REQUESTED.subject(self._region),
+                    events_out.requested(record, request, template_key, prefer_node=prefer),
+                )
         self._relay.kick()
+        if warm is not None:
+            return warm  # a warm pool member, running already: nothing to place or wait for
         record = await self._feed.wait_until(
             sandbox_id,
             lambda: self.reread(sandbox_id),

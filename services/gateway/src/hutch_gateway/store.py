@@ -509,3 +509,114 @@ async def own_sandboxes_by_node(db: asyncpg.Pool, tenant_id: str) -> dict[str, l
         tenant_id,
     )
     return {row["node_id"]: list(row["ids"]) for row in rows}
+
+
+# -- warm pools (see warm_pool.py) ---------------------------------------------------------------
+
+
+async def pool_members(conn: asyncpg.Connection, region: str, tenant_id: str) -> list[SandboxRecord]:
+    """The region's live (pending or running) warm pool members, oldest first."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM sandboxes WHERE tenant_id = $1 AND region = $2 AND state IN ('pending', 'running') "
+        "ORDER BY created_at, id",
+        tenant_id,
+        region,
+    )
+    return [_record(row) for row in rows]
+
+
+async def recent_pool_failures(
+    conn: asyncpg.Connection, region: str, tenant_id: str, within_s: float
+) -> list[SandboxRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM sandboxes WHERE tenant_id = $1 AND region = $2 AND state = 'failed' "
+        "AND ended_at > now() - make_interval(secs => $3)",
+        tenant_id,
+        region,
+        within_s,
+    )
+    return [_record(row) for row in rows]
+
+
+async def lock_pool_member(
+    conn: asyncpg.Connection,
+    pool_tenant: str,
+    region: str,
+    template: str,
+    isolation: str,
+    cpu_millis: int,
+    memory_mb: int,
+) -> SandboxRecord | None:
+    """The oldest running member of this kind, locked; members another claim holds are skipped."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM sandboxes WHERE tenant_id = $1 AND region = $2 AND state = 'running' "
+        "AND template = $3 AND isolation = $4 AND cpu_millis = $5 AND memory_mb = $6 "
+        "ORDER BY started_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        pool_tenant,
+        region,
+        template,
+        isolation,
+        cpu_millis,
+        memory_mb,
+    )
+    return _record(row) if row else None
+
+
+async def hand_over(
+    conn: asyncpg.Connection, sandbox_id: str, tenant_id: str, request: CreateRequest, started_at: datetime
+) -> SandboxRecord:
+    """A pool member becomes the tenant's sandbox as `request` describes it, started (and its timeout
+    counting) from `started_at`."""
+    try:
+        row = await conn.fetchrow(
+            f"""UPDATE sandboxes SET
+                   tenant_id = $2, name = $3, metadata = $4::jsonb, envs = $5::jsonb, timeout_seconds = $6,
+                   network = $7::jsonb, auto_sleep_after_s = $8, created_at = $9, started_at = $9,
+                   expires_at = CASE WHEN $6 > 0 THEN $9::timestamptz + make_interval(secs => $6) ELSE NULL END
+               WHERE id = $1
+               RETURNING {_COLUMNS}""",
+            sandbox_id,
+            tenant_id,
+            request.name,
+            json.dumps(request.metadata),
+            json.dumps(request.envs),
+            request.timeout_seconds,
+            json.dumps(request.network),
+            request.auto_sleep_after_s,
+            started_at,
+        )
+    except asyncpg.UniqueViolationError:
+        raise errors.AlreadyExists(
+            f"a live sandbox is already named {request.name!r}; kill it or choose another name"
+        ) from None
+    await notify(conn, sandbox_id)
+    return _record(row)
+
+
+async def warm_pools(db: asyncpg.Pool | asyncpg.Connection, region: str) -> list[asyncpg.Record]:
+    return list(
+        await db.fetch(
+            "SELECT template, isolation, cpu_millis, memory_mb, size FROM warm_pools WHERE region = $1 "
+            "ORDER BY template, isolation, cpu_millis, memory_mb",
+            region,
+        )
+    )
+
+
+async def set_warm_pool(
+    db: asyncpg.Pool, region: str, template: str, isolation: str, cpu_millis: int, memory_mb: int, size: int
+) -> None:
+    """Sets how many of this kind the region keeps warm; 0 removes the pool (its members are retired)."""
+    if size == 0:
+        await db.execute(
+            "DELETE FROM warm_pools WHERE region = $1 AND template = $2 AND isolation = $3 AND cpu_millis = $4 "
+            "AND memory_mb = $5",
+            region, template, isolation, cpu_millis, memory_mb,
+        )  # fmt: skip
+        return
+    await db.execute(
+        "INSERT INTO warm_pools (region, template, isolation, cpu_millis, memory_mb, size) "
+        "VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (region, template, isolation, cpu_millis, memory_mb) DO UPDATE SET size = EXCLUDED.size",
+        region, template, isolation, cpu_millis, memory_mb, size,
+    )  # fmt: skip

@@ -100,7 +100,9 @@ async def run(settings: NodeAgentSettings) -> None:
             )
             token = settings.internal_token.get_secret_value()
             registrar = egress_registrar.for_node(options, token, node.manager.all, node.networks)
-            servicer = NodeAgentServicer(node.manager, options, node.templates, heartbeat.beat, node.snapshots)
+            servicer = NodeAgentServicer(
+                node.manager, options, node.templates, heartbeat.beat, node.snapshots, registrar
+            )
             server = await serve(
                 settings.grpc,
                 [(node_agent_pb2_grpc.add_NodeAgentServicer_to_server, servicer, "hutch.internal.v1.NodeAgent")],

@@ -78,6 +78,9 @@ class LocalSandbox:
     started_at: datetime | None = None
     # When its timeout kills it; None: it lives until killed.
     deadline: datetime | None = None
+    # Its cgroup's CPU counter when its usage began to count: 0, except for a warm pool member
+    # handed to a tenant, whose time in the pool is not the tenant's (hutch.core.warm_pool).
+    metered_from_cpu_ns: int = 0
 
     @property
     def id(self) -> str:
@@ -93,6 +96,7 @@ class LocalSandbox:
             "init_pid": self.init_pid,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "deadline": self.deadline.isoformat() if self.deadline else None,
+            "metered_from_cpu_ns": self.metered_from_cpu_ns,
         }
 
     @classmethod
@@ -108,4 +112,5 @@ class LocalSandbox:
             init_pid=data.get("init_pid", 0),
             started_at=datetime.fromisoformat(started) if started else None,
             deadline=datetime.fromisoformat(deadline) if deadline else None,
+            metered_from_cpu_ns=data.get("metered_from_cpu_ns", 0),
         )

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from hutch.core.grpc_runtime import Context
 from hutch.internal.v1 import node_agent_pb2, node_agent_pb2_grpc
+from hutch_node_agent.adopt_api import AdoptCalls
+from hutch_node_agent.egress_registrar import EgressRegistrar
 from hutch_node_agent.files_api import FileCalls
 from hutch_node_agent.process_api import ProcessCalls
 from hutch_node_agent.resize_api import ResizeCalls
@@ -29,6 +31,7 @@ class NodeAgentServicer(
     TemplateCalls,
     SnapshotCalls,
     ResizeCalls,
+    AdoptCalls,
     node_agent_pb2_grpc.NodeAgentServicer,
 ):
     def __init__(
@@ -38,8 +41,10 @@ class NodeAgentServicer(
         templates: TemplateStore,
         templates_changed: Callable[[], Awaitable[None]],
         snapshots: NodeSnapshots,
+        egress: EgressRegistrar | None = None,
     ) -> None:
         self._manager = manager
+        self._egress = egress
         self._snapshots = snapshots
         self._options = options
         self._templates = templates

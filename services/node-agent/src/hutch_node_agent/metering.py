@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hutch.core import events
 from hutch.core.bus import Bus
+from hutch.core.warm_pool import is_pool_member
 from hutch.events.v1 import usage_pb2
 from hutch_node_agent.cgroup_stats import CgroupStats, Counters
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest
@@ -66,7 +67,8 @@ def new_meter(sandbox: LocalSandbox, now_ns: int) -> SandboxMeter:
     """State for a sandbox seen for the first time: its usage starts when it started running.
 
     The cgroup's counters start at zero when the runtime makes it, so the first report's CPU is
-    everything since then (the runtime's own start-up included).
+    everything since then (the runtime's own start-up included); for a warm pool member handed to
+    a tenant, everything since the handover.
     """
     started = sandbox.started_at
     start_ns = min(now_ns, _epoch_ns(started)) if started is not None else now_ns
@@ -78,7 +80,7 @@ def new_meter(sandbox: LocalSandbox, now_ns: int) -> SandboxMeter:
         memory_mb=sandbox.request.memory_mb,
         sequence=0,
         window_start_ns=start_ns,
-        cpu_ns=0,
+        cpu_ns=sandbox.metered_from_cpu_ns,
         last_sample_ms=start_ns // _NS_PER_MS,
         init_pid=sandbox.init_pid,
     )
@@ -190,8 +192,8 @@ class Metering:
         for sandbox in sandboxes:
             key = meter_key(sandbox)
             present.add(key)
-            if sandbox.status != "running":
-                continue
+            if sandbox.status != "running" or is_pool_member(sandbox.request.tenant_id):
+                continue  # a pool member's time is the platform's until a tenant claims it
             meter = self._meters.get(key)
             if meter is None:
                 meter = self._meters[key] = new_meter(sandbox, now_ns)
@@ -235,6 +237,8 @@ class Metering:
         self._wake.set()
 
     def _resized(self, sandbox: LocalSandbox, previous: SandboxRequest) -> None:
+        if is_pool_member(sandbox.request.tenant_id):
+            return
         now_ns = self._clock()
         key = meter_key(sandbox)
         meter = self._meters.get(key)
@@ -252,6 +256,8 @@ class Metering:
         self._journal.save(self._meters)
 
     def _release(self, sandbox: LocalSandbox) -> None:
+        if is_pool_member(sandbox.request.tenant_id):
+            return
         now_ns = self._clock()
         key = meter_key(sandbox)
         meter = self._meters.get(key)

@@ -19,9 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hutch.core import errors, telemetry
+from hutch.core.warm_pool import is_pool_member
 from hutch_node_agent import oci, rootfs, sandbox_egress
 from hutch_node_agent.activity import Activity
 from hutch_node_agent.cgroup_limits import CgroupLimits, Limits
+from hutch_node_agent.cgroup_stats import CgroupStats
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest, SnapshotSource, check_sandbox_id
 from hutch_node_agent.layers import Layers
 from hutch_node_agent.layout import NodeLayout, SandboxPaths
@@ -98,6 +100,7 @@ class SandboxManager:
         self._options = options
         self._on_resized = on_resized or _nothing_to_meter
         self._limits = limits or CgroupLimits(options.cgroup_parent)
+        self._stats = CgroupStats(options.cgroup_parent)
         self._networks = networks
         self._quotas = quotas
         self.layers = Layers(quotas, options.disk_quota_mb * 2**20, options.userns_shift)
@@ -266,6 +269,45 @@ class SandboxManager:
             sandbox.deadline = sandbox.started_at + timedelta(seconds=sandbox.request.timeout_seconds)
         self._save(sandbox, paths)
         self._watch(sandbox)
+
+    # -- warm pools --------------------------------------------------------------------------
+
+    async def adopt(self, request: SandboxRequest) -> LocalSandbox:
+        """Hands a running warm pool member to the tenant `request` names (hutch.core.warm_pool).
+
+        The sandbox runs on untouched; what changes is whose it is and how it is treated: owner,
+        name, labels, the environment its processes start with, timeout (counted from now), idle
+        policy and network. Its usage is metered from this moment. A sandbox that is not an
+        unclaimed member, or a request for another template, class or size, is refused.
+        """
+        check_sandbox_id(request.sandbox_id)
+        async with self._locks[request.sandbox_id]:
+            sandbox = self.running(request.sandbox_id)
+            pooled = sandbox.request
+            if not is_pool_member(pooled.tenant_id):
+                raise errors.FailedPrecondition(f"sandbox {sandbox.id} is not an unclaimed warm pool member")
+            if not request.tenant_id or is_pool_member(request.tenant_id):
+                raise errors.InvalidArgument("a warm pool member can only be handed to a tenant")
+            wanted = (request.template, request.isolation, request.cpu_millis, request.memory_mb)
+            offered = (pooled.template, pooled.isolation, pooled.cpu_millis, pooled.memory_mb)
+            if wanted != offered or request.snapshot_id or request.memory_ceiling_mb:
+                raise errors.FailedPrecondition(
+                    f"warm pool member {sandbox.id} is {offered}; it cannot become {wanted} "
+                    "(and never one from a snapshot or with automatic memory)"
+                )
+            counters = await asyncio.to_thread(self._stats.read, sandbox.id)
+            now = datetime.now(UTC)
+            # No await from here on: the metering loop sees the member, or the tenant's sandbox whole.
+            sandbox.env = {**sandbox.env, **request.envs}
+            sandbox.request = request
+            sandbox.started_at = now
+            sandbox.metered_from_cpu_ns = counters.cpu_ns if counters is not None else 0
+            sandbox.deadline = now + timedelta(seconds=request.timeout_seconds) if request.timeout_seconds else None
+            self._save(sandbox, self._layout.sandbox(sandbox.id))
+            self._schedule_deadline(sandbox)
+            self.activity.touch(sandbox.id)
+            log.info("warm pool member %s handed to tenant %s", sandbox.id, request.tenant_id)
+            return sandbox
 
     # -- resize ----------------------------------------------------------------------------
 

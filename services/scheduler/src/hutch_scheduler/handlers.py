@@ -86,7 +86,10 @@ class SchedulerHandler:
         async with self._db.acquire() as conn, conn.transaction():
             await store.lock_region(conn, self._region)
             if await store.exists(conn, sandbox, incarnation):
-                return  # redelivered: the decision and its events are already committed
+                # Redelivered (the decision and its events are committed already), or a warm pool
+                # member claimed by a tenant: from now on it counts as that tenant's.
+                await store.set_tenant(conn, sandbox, incarnation, tenant)
+                return
             try:
                 candidates = self._candidates(
                     await store.usage_by_node(conn), await store.tenant_sandboxes_by_node(conn, tenant)

@@ -26,6 +26,15 @@ async def exists(conn: asyncpg.Connection, sandbox_id: str, incarnation: str = "
     )
 
 
+async def set_tenant(conn: asyncpg.Connection, sandbox_id: str, incarnation: str, tenant_id: str) -> None:
+    await conn.execute(
+        "UPDATE placements SET tenant_id = $3 WHERE sandbox_id = $1 AND incarnation = $2 AND tenant_id <> $3",
+        sandbox_id,
+        incarnation,
+        tenant_id,
+    )
+
+
 async def usage_by_node(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
     rows = await conn.fetch(
         "SELECT node_id, sum(cpu_millis) AS cpu, sum(memory_mb) AS memory FROM placements WHERE active GROUP BY node_id"

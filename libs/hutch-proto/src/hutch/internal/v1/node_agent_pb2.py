@@ -22,13 +22,15 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from hutch.events.v1 import sandbox_pb2 as hutch_dot_events_dot_v1_dot_sandbox__pb2
 from hutch.internal.v1 import snapshot_store_pb2 as hutch_dot_internal_dot_v1_dot_snapshot__store__pb2
 from hutch.v1 import files_pb2 as hutch_dot_v1_dot_files__pb2
 from hutch.v1 import process_pb2 as hutch_dot_v1_dot_process__pb2
 from hutch.v1 import templates_pb2 as hutch_dot_v1_dot_templates__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"hutch/internal/v1/node_agent.proto\x12\x11hutch.internal.v1\x1a&hutch/internal/v1/snapshot_store.proto\x1a\x14hutch/v1/files.proto\x1a\x16hutch/v1/process.proto\x1a\x18hutch/v1/templates.proto\"\x9b\x02\n\x16SnapshotSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x33\n\x07purpose\x18\x03 \x01(\x0e\x32\".hutch.internal.v1.SnapshotPurpose\x12\x0c\n\x04stop\x18\x04 \x01(\x08\x12\x13\n\x0bwait_stored\x18\x05 \x01(\x08\x12\x45\n\x06labels\x18\x06 \x03(\x0b\x32\x35.hutch.internal.v1.SnapshotSandboxRequest.LabelsEntry\x12\x14\n\x0conly_if_idle\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x17SnapshotSandboxResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.hutch.internal.v1.SnapshotKind\x12\x0e\n\x06stored\x18\x03 \x01(\x08\x12\x15\n\rlogical_bytes\x18\x04 \x01(\x04\"*\n\x13\x44ropSnapshotRequest\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"\x16\n\x14\x44ropSnapshotResponse\"$\n\x15RemoveTemplateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x18\n\x16RemoveTemplateResponse\"\x12\n\x10ListLocalRequest\"W\n\x0cLocalSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08init_pid\x18\x04 \x01(\r\"G\n\x11ListLocalResponse\x12\x32\n\tsandboxes\x18\x01 \x03(\x0b\x32\x1f.hutch.internal.v1.LocalSandbox\"+\n\nTunnelOpen\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"n\n\rTunnelRequest\x12-\n\x04open\x18\x01 \x01(\x0b\x32\x1d.hutch.internal.v1.TunnelOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_write\x18\x03 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"R\n\x0eTunnelResponse\x12\x10\n\x06opened\x18\x01 \x01(\x08H\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_write\x18\x03 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"N\n\x14ResizeSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x12\n\ncpu_millis\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\"\x94\x01\n\x15ResizeSandboxResponse\x12\x12\n\ncpu_millis\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\x12\x1b\n\x13previous_cpu_millis\x18\x03 \x01(\r\x12\x1a\n\x12previous_memory_mb\x18\x04 \x01(\r\x12\x1b\n\x13memory_in_use_bytes\x18\x05 \x01(\x04\x32\xcd\x0b\n\tNodeAgent\x12\x36\n\x03Run\x12\x14.hutch.v1.RunRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12>\n\x07\x43onnect\x12\x18.hutch.v1.ConnectRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12P\n\rListProcesses\x12\x1e.hutch.v1.ListProcessesRequest\x1a\x1f.hutch.v1.ListProcessesResponse\x12G\n\nSendSignal\x12\x1b.hutch.v1.SendSignalRequest\x1a\x1c.hutch.v1.SendSignalResponse\x12\x44\n\tSendStdin\x12\x1a.hutch.v1.SendStdinRequest\x1a\x1b.hutch.v1.SendStdinResponse\x12?\n\x05Watch\x12\x19.hutch.v1.WatchDirRequest\x1a\x19.hutch.v1.FilesystemEvent0\x01\x12Q\n\x06Tunnel\x12 .hutch.internal.v1.TunnelRequest\x1a!.hutch.internal.v1.TunnelResponse(\x01\x30\x01\x12\x43\n\x08ReadFile\x12\x19.hutch.v1.ReadFileRequest\x1a\x1a.hutch.v1.ReadFileResponse0\x01\x12=\n\tWriteFile\x12\x1a.hutch.v1.WriteFileRequest\x1a\x12.hutch.v1.FileInfo(\x01\x12>\n\x07ListDir\x12\x18.hutch.v1.ListDirRequest\x1a\x19.hutch.v1.ListDirResponse\x12\x31\n\x04Stat\x12\x15.hutch.v1.StatRequest\x1a\x12.hutch.v1.FileInfo\x12;\n\x06Remove\x12\x17.hutch.v1.RemoveRequest\x1a\x18.hutch.v1.RemoveResponse\x12\x35\n\x06Rename\x12\x17.hutch.v1.RenameRequest\x1a\x12.hutch.v1.FileInfo\x12>\n\x07MakeDir\x12\x18.hutch.v1.MakeDirRequest\x1a\x19.hutch.v1.MakeDirResponse\x12V\n\tListLocal\x12#.hutch.internal.v1.ListLocalRequest\x1a$.hutch.internal.v1.ListLocalResponse\x12H\n\x0fInstallTemplate\x12\x1f.hutch.v1.ImportTemplateRequest\x1a\x12.hutch.v1.Template(\x01\x12\x65\n\x0eRemoveTemplate\x12(.hutch.internal.v1.RemoveTemplateRequest\x1a).hutch.internal.v1.RemoveTemplateResponse\x12\x61\n\x08Snapshot\x12).hutch.internal.v1.SnapshotSandboxRequest\x1a*.hutch.internal.v1.SnapshotSandboxResponse\x12_\n\x0c\x44ropSnapshot\x12&.hutch.internal.v1.DropSnapshotRequest\x1a\'.hutch.internal.v1.DropSnapshotResponse\x12[\n\x06Resize\x12\'.hutch.internal.v1.ResizeSandboxRequest\x1a(.hutch.internal.v1.ResizeSandboxResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"hutch/internal/v1/node_agent.proto\x12\x11hutch.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dhutch/events/v1/sandbox.proto\x1a&hutch/internal/v1/snapshot_store.proto\x1a\x14hutch/v1/files.proto\x1a\x16hutch/v1/process.proto\x1a\x18hutch/v1/templates.proto\"\x9b\x02\n\x16SnapshotSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x33\n\x07purpose\x18\x03 \x01(\x0e\x32\".hutch.internal.v1.SnapshotPurpose\x12\x0c\n\x04stop\x18\x04 \x01(\x08\x12\x13\n\x0bwait_stored\x18\x05 \x01(\x08\x12\x45\n\x06labels\x18\x06 \x03(\x0b\x32\x35.hutch.internal.v1.SnapshotSandboxRequest.LabelsEntry\x12\x14\n\x0conly_if_idle\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x17SnapshotSandboxResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.hutch.internal.v1.SnapshotKind\x12\x0e\n\x06stored\x18\x03 \x01(\x08\x12\x15\n\rlogical_bytes\x18\x04 \x01(\x04\"*\n\x13\x44ropSnapshotRequest\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"\x16\n\x14\x44ropSnapshotResponse\"$\n\x15RemoveTemplateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x18\n\x16RemoveTemplateResponse\"\x12\n\x10ListLocalRequest\"W\n\x0cLocalSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08init_pid\x18\x04 \x01(\r\"G\n\x11ListLocalResponse\x12\x32\n\tsandboxes\x18\x01 \x03(\x0b\x32\x1f.hutch.internal.v1.LocalSandbox\"+\n\nTunnelOpen\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"n\n\rTunnelRequest\x12-\n\x04open\x18\x01 \x01(\x0b\x32\x1d.hutch.internal.v1.TunnelOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_write\x18\x03 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"R\n\x0eTunnelResponse\x12\x10\n\x06opened\x18\x01 \x01(\x08H\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_write\x18\x03 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"N\n\x14ResizeSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x12\n\ncpu_millis\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\"\x94\x01\n\x15ResizeSandboxResponse\x12\x12\n\ncpu_millis\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\x12\x1b\n\x13previous_cpu_millis\x18\x03 \x01(\r\x12\x1a\n\x12previous_memory_mb\x18\x04 \x01(\r\x12\x1b\n\x13memory_in_use_bytes\x18\x05 \x01(\x04\"A\n\x13\x41\x64optSandboxRequest\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"F\n\x14\x41\x64optSandboxResponse\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa7\x0c\n\tNodeAgent\x12\x36\n\x03Run\x12\x14.hutch.v1.RunRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12>\n\x07\x43onnect\x12\x18.hutch.v1.ConnectRequest\x1a\x15.hutch.v1.RunResponse(\x01\x30\x01\x12P\n\rListProcesses\x12\x1e.hutch.v1.ListProcessesRequest\x1a\x1f.hutch.v1.ListProcessesResponse\x12G\n\nSendSignal\x12\x1b.hutch.v1.SendSignalRequest\x1a\x1c.hutch.v1.SendSignalResponse\x12\x44\n\tSendStdin\x12\x1a.hutch.v1.SendStdinRequest\x1a\x1b.hutch.v1.SendStdinResponse\x12?\n\x05Watch\x12\x19.hutch.v1.WatchDirRequest\x1a\x19.hutch.v1.FilesystemEvent0\x01\x12Q\n\x06Tunnel\x12 .hutch.internal.v1.TunnelRequest\x1a!.hutch.internal.v1.TunnelResponse(\x01\x30\x01\x12\x43\n\x08ReadFile\x12\x19.hutch.v1.ReadFileRequest\x1a\x1a.hutch.v1.ReadFileResponse0\x01\x12=\n\tWriteFile\x12\x1a.hutch.v1.WriteFileRequest\x1a\x12.hutch.v1.FileInfo(\x01\x12>\n\x07ListDir\x12\x18.hutch.v1.ListDirRequest\x1a\x19.hutch.v1.ListDirResponse\x12\x31\n\x04Stat\x12\x15.hutch.v1.StatRequest\x1a\x12.hutch.v1.FileInfo\x12;\n\x06Remove\x12\x17.hutch.v1.RemoveRequest\x1a\x18.hutch.v1.RemoveResponse\x12\x35\n\x06Rename\x12\x17.hutch.v1.RenameRequest\x1a\x12.hutch.v1.FileInfo\x12>\n\x07MakeDir\x12\x18.hutch.v1.MakeDirRequest\x1a\x19.hutch.v1.MakeDirResponse\x12V\n\tListLocal\x12#.hutch.internal.v1.ListLocalRequest\x1a$.hutch.internal.v1.ListLocalResponse\x12H\n\x0fInstallTemplate\x12\x1f.hutch.v1.ImportTemplateRequest\x1a\x12.hutch.v1.Template(\x01\x12\x65\n\x0eRemoveTemplate\x12(.hutch.internal.v1.RemoveTemplateRequest\x1a).hutch.internal.v1.RemoveTemplateResponse\x12\x61\n\x08Snapshot\x12).hutch.internal.v1.SnapshotSandboxRequest\x1a*.hutch.internal.v1.SnapshotSandboxResponse\x12_\n\x0c\x44ropSnapshot\x12&.hutch.internal.v1.DropSnapshotRequest\x1a\'.hutch.internal.v1.DropSnapshotResponse\x12[\n\x06Resize\x12\'.hutch.internal.v1.ResizeSandboxRequest\x1a(.hutch.internal.v1.ResizeSandboxResponse\x12X\n\x05\x41\x64opt\x12&.hutch.internal.v1.AdoptSandboxRequest\x1a\'.hutch.internal.v1.AdoptSandboxResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,36 +39,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_start=170
-  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_end=453
-  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_start=408
-  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_end=453
-  _globals['_SNAPSHOTSANDBOXRESPONSE']._serialized_start=456
-  _globals['_SNAPSHOTSANDBOXRESPONSE']._serialized_end=588
-  _globals['_DROPSNAPSHOTREQUEST']._serialized_start=590
-  _globals['_DROPSNAPSHOTREQUEST']._serialized_end=632
-  _globals['_DROPSNAPSHOTRESPONSE']._serialized_start=634
-  _globals['_DROPSNAPSHOTRESPONSE']._serialized_end=656
-  _globals['_REMOVETEMPLATEREQUEST']._serialized_start=658
-  _globals['_REMOVETEMPLATEREQUEST']._serialized_end=694
-  _globals['_REMOVETEMPLATERESPONSE']._serialized_start=696
-  _globals['_REMOVETEMPLATERESPONSE']._serialized_end=720
-  _globals['_LISTLOCALREQUEST']._serialized_start=722
-  _globals['_LISTLOCALREQUEST']._serialized_end=740
-  _globals['_LOCALSANDBOX']._serialized_start=742
-  _globals['_LOCALSANDBOX']._serialized_end=829
-  _globals['_LISTLOCALRESPONSE']._serialized_start=831
-  _globals['_LISTLOCALRESPONSE']._serialized_end=902
-  _globals['_TUNNELOPEN']._serialized_start=904
-  _globals['_TUNNELOPEN']._serialized_end=947
-  _globals['_TUNNELREQUEST']._serialized_start=949
-  _globals['_TUNNELREQUEST']._serialized_end=1059
-  _globals['_TUNNELRESPONSE']._serialized_start=1061
-  _globals['_TUNNELRESPONSE']._serialized_end=1143
-  _globals['_RESIZESANDBOXREQUEST']._serialized_start=1145
-  _globals['_RESIZESANDBOXREQUEST']._serialized_end=1223
-  _globals['_RESIZESANDBOXRESPONSE']._serialized_start=1226
-  _globals['_RESIZESANDBOXRESPONSE']._serialized_end=1374
-  _globals['_NODEAGENT']._serialized_start=1377
-  _globals['_NODEAGENT']._serialized_end=2862
+  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_start=234
+  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_end=517
+  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_start=472
+  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_end=517
+  _globals['_SNAPSHOTSANDBOXRESPONSE']._serialized_start=520
+  _globals['_SNAPSHOTSANDBOXRESPONSE']._serialized_end=652
+  _globals['_DROPSNAPSHOTREQUEST']._serialized_start=654
+  _globals['_DROPSNAPSHOTREQUEST']._serialized_end=696
+  _globals['_DROPSNAPSHOTRESPONSE']._serialized_start=698
+  _globals['_DROPSNAPSHOTRESPONSE']._serialized_end=720
+  _globals['_REMOVETEMPLATEREQUEST']._serialized_start=722
+  _globals['_REMOVETEMPLATEREQUEST']._serialized_end=758
+  _globals['_REMOVETEMPLATERESPONSE']._serialized_start=760
+  _globals['_REMOVETEMPLATERESPONSE']._serialized_end=784
+  _globals['_LISTLOCALREQUEST']._serialized_start=786
+  _globals['_LISTLOCALREQUEST']._serialized_end=804
+  _globals['_LOCALSANDBOX']._serialized_start=806
+  _globals['_LOCALSANDBOX']._serialized_end=893
+  _globals['_LISTLOCALRESPONSE']._serialized_start=895
+  _globals['_LISTLOCALRESPONSE']._serialized_end=966
+  _globals['_TUNNELOPEN']._serialized_start=968
+  _globals['_TUNNELOPEN']._serialized_end=1011
+  _globals['_TUNNELREQUEST']._serialized_start=1013
+  _globals['_TUNNELREQUEST']._serialized_end=1123
+  _globals['_TUNNELRESPONSE']._serialized_start=1125
+  _globals['_TUNNELRESPONSE']._serialized_end=1207
+  _globals['_RESIZESANDBOXREQUEST']._serialized_start=1209
+  _globals['_RESIZESANDBOXREQUEST']._serialized_end=1287
+  _globals['_RESIZESANDBOXRESPONSE']._serialized_start=1290
+  _globals['_RESIZESANDBOXRESPONSE']._serialized_end=1438
+  _globals['_ADOPTSANDBOXREQUEST']._serialized_start=1440
+  _globals['_ADOPTSANDBOXREQUEST']._serialized_end=1505
+  _globals['_ADOPTSANDBOXRESPONSE']._serialized_start=1507
+  _globals['_ADOPTSANDBOXRESPONSE']._serialized_end=1577
+  _globals['_NODEAGENT']._serialized_start=1580
+  _globals['_NODEAGENT']._serialized_end=3155
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from hutch.events.v1 import sandbox_pb2 as _sandbox_pb2
 from hutch.internal.v1 import snapshot_store_pb2 as _snapshot_store_pb2
 import builtins as _builtins
 import sys
@@ -386,3 +388,45 @@ class ResizeSandboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResizeSandboxResponse: _TypeAlias = ResizeSandboxResponse  # noqa: Y015
+
+@_typing.final
+class AdoptSandboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> _sandbox_pb2.SandboxSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: _sandbox_pb2.SandboxSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptSandboxRequest: _TypeAlias = AdoptSandboxRequest  # noqa: Y015
+
+@_typing.final
+class AdoptSandboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """The moment it became the tenant's: its start as far as the tenant and billing are concerned."""
+
+    def __init__(
+        self,
+        *,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptSandboxResponse: _TypeAlias = AdoptSandboxResponse  # noqa: Y015

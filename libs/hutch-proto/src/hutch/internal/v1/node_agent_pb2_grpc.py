@@ -139,6 +139,11 @@ class NodeAgentStub:
                 request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxRequest.SerializeToString,
                 response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxResponse.FromString,
                 _registered_method=True)
+        self.Adopt = channel.unary_unary(
+                '/hutch.internal.v1.NodeAgent/Adopt',
+                request_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.AdoptSandboxRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.AdoptSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -276,6 +281,16 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Adopt(self, request, context):
+        """Hands a running warm pool member to a tenant: from now on it is the sandbox `spec` describes
+        (its owner, name, labels, environment, timeout, idle policy and network), metered from this
+        moment. FAILED_PRECONDITION unless it is an unclaimed pool member of the same template,
+        isolation class and size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -378,6 +393,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Resize,
                     request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxRequest.FromString,
                     response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxResponse.SerializeToString,
+            ),
+            'Adopt': grpc.unary_unary_rpc_method_handler(
+                    servicer.Adopt,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.AdoptSandboxRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_node__agent__pb2.AdoptSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -922,6 +942,33 @@ class NodeAgent:
             '/hutch.internal.v1.NodeAgent/Resize',
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxRequest.SerializeToString,
             hutch_dot_internal_dot_v1_dot_node__agent__pb2.ResizeSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Adopt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.NodeAgent/Adopt',
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.AdoptSandboxRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_node__agent__pb2.AdoptSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

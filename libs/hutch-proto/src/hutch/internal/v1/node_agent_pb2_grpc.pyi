@@ -70,6 +70,12 @@ class NodeAgentStub:
     metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
     FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
     """
+    Adopt: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.AdoptSandboxRequest, _node_agent_pb2.AdoptSandboxResponse]
+    """Hands a running warm pool member to a tenant: from now on it is the sandbox `spec` describes
+    (its owner, name, labels, environment, timeout, idle policy and network), metered from this
+    moment. FAILED_PRECONDITION unless it is an unclaimed pool member of the same template,
+    isolation class and size.
+    """
 
 @_typing.type_check_only
 class NodeAgentAsyncStub(NodeAgentStub):
@@ -109,6 +115,12 @@ class NodeAgentAsyncStub(NodeAgentStub):
     """Changes a running sandbox's CPU and memory limits in place (its cgroup), and what it is
     metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
     FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
+    """
+    Adopt: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.AdoptSandboxRequest, _node_agent_pb2.AdoptSandboxResponse]  # type: ignore[assignment]
+    """Hands a running warm pool member to a tenant: from now on it is the sandbox `spec` describes
+    (its owner, name, labels, environment, timeout, idle policy and network), metered from this
+    moment. FAILED_PRECONDITION unless it is an unclaimed pool member of the same template,
+    isolation class and size.
     """
 
 class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
@@ -266,6 +278,18 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         """Changes a running sandbox's CPU and memory limits in place (its cgroup), and what it is
         metered and counted for. RESOURCE_EXHAUSTED when the node has no room for the growth;
         FAILED_PRECONDITION when the new memory is below what the sandbox uses now.
+        """
+
+    @_abc_1.abstractmethod
+    def Adopt(
+        self,
+        request: _node_agent_pb2.AdoptSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_agent_pb2.AdoptSandboxResponse, _abc.Awaitable[_node_agent_pb2.AdoptSandboxResponse]]:
+        """Hands a running warm pool member to a tenant: from now on it is the sandbox `spec` describes
+        (its owner, name, labels, environment, timeout, idle policy and network), metered from this
+        moment. FAILED_PRECONDITION unless it is an unclaimed pool member of the same template,
+        isolation class and size.
         """
 
 def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

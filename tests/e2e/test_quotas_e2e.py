@@ -3,11 +3,7 @@ them is refused at once with RESOURCE_EXHAUSTED, and paused sandboxes hold no sh
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,16 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 def set_quota(local_stack: Any, tenant: str, *args: str) -> None:
-    script = shutil.which("hutch-gateway", path=str(Path(sys.executable).parent)) or shutil.which("hutch-gateway")
-    assert script, "hutch-gateway is not installed"
-    result = subprocess.run(
-        [script, "admin", "set-quota", tenant, *args],
-        env=local_stack.service_env("gateway"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    local_stack.admin("set-quota", tenant, *args)
 
 
 def test_a_tenants_quota_refuses_what_exceeds_it_and_counts_only_live_sandboxes(local_stack: Any) -> None:

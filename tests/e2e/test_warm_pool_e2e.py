@@ -8,14 +8,10 @@ suite never gets a member by chance; each test removes its pool when it ends.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,13 +27,7 @@ SIZE = 2
 
 
 def admin(local_stack: Any, *args: str) -> str:
-    script = shutil.which("hutch-gateway", path=str(Path(sys.executable).parent)) or shutil.which("hutch-gateway")
-    assert script, "hutch-gateway is not installed"
-    result = subprocess.run(
-        [script, "admin", *args], env=local_stack.service_env("gateway"), capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return str(local_stack.admin(*args))
 
 
 def members(local_stack: Any, isolation: str) -> dict[str, str]:

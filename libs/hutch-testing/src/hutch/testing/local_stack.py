@@ -93,13 +93,13 @@ class LocalStack:
         """The full environment service `name` runs with (HUTCH_* settings included)."""
         return {**os.environ, **self._state().component(name).env}
 
-    def create_tenant(self, name: str) -> str:
-        """Creates tenant `name` with a new API key (`hutch-gateway admin create-tenant`); returns it."""
+    def admin(self, *args: str) -> str:
+        """Runs `hutch-gateway admin ARGS...` against this stack; returns what it printed."""
         script = installed_script(next(spec for spec in SERVICES if spec.name == "gateway"))
         if script is None:
             raise StackError("hutch-gateway is not installed")
         result = subprocess.run(
-            [str(script), "admin", "create-tenant", name],
+            [str(script), "admin", *args],
             env=self.service_env("gateway"),
             capture_output=True,
             text=True,
@@ -107,8 +107,12 @@ class LocalStack:
             check=False,
         )
         if result.returncode != 0:
-            raise StackError(f"create-tenant {name} failed ({result.returncode}): {result.stderr.strip()}")
-        lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+            raise StackError(f"admin {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout
+
+    def create_tenant(self, name: str) -> str:
+        """Creates tenant `name` with a new API key (`hutch-gateway admin create-tenant`); returns it."""
+        lines = [line.strip() for line in self.admin("create-tenant", name).splitlines() if line.strip()]
         if not lines:
             raise StackError(f"create-tenant {name} printed no API key")
         return lines[-1]

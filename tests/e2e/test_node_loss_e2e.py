@@ -9,9 +9,6 @@ fenced, stops the stale sandbox, heartbeats as a new run and takes sandboxes aga
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import os
 import tempfile
 import time
@@ -20,12 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from hutch import HutchError, Sandbox, SandboxState
-from hutch.core.bus import fenced_bucket, nodes_bucket
-from hutch.local.process import ProcessHandle, spawn
+from hutch.testing.extra_node import ExtraNode
 
 pytestmark = pytest.mark.e2e
 
@@ -55,61 +50,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class SecondNode:
-    """A second node-agent, `local-2`, with its own root, cgroup parent, network pool and port."""
-
-    def __init__(self, local_stack: Any, root: Path) -> None:
-        component = local_stack._state().component("node-agent")
-        env = {
-            key: value
-            for key, value in local_stack.service_env("node-agent").items()
-            # The stack's egress-proxy belongs to local-1: local-2's sandboxes reach nothing.
-            if not key.startswith(("HUTCH_NODE__EGRESS_PROXY", "HUTCH_NODE__EGRESS_TARGET"))
-        }
-        env.update(
-            {
-                "HUTCH_NODE__ID": "local-2",
-                "HUTCH_NODE__ROOT_DIR": str(root),
-                "HUTCH_NODE__CGROUP_PARENT": "hutch-local-2",
-                "HUTCH_NODE__SANDBOX_NETWORK": "100.97.0.0/24",
-                "HUTCH_NODE__DISK_QUOTA_MB": "512",
-                "HUTCH_NODE__VOLUME_SIZE_GB": "4",
-                "HUTCH_NODE__BUILD_BASE_TEMPLATE": "false",
-                "HUTCH_GRPC__PORT": "0",
-            }
-        )
-        self.root = root
-        self.env = env
-        self.argv = list(component.argv)
-        self.log = root.parent / "local-2.log"
-        self.handle: ProcessHandle | None = None
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        self.handle = spawn(self.argv, log_path=self.log, env=self.env)
-        wait_until(lambda: "serving on" in self.log.read_text()[offset:], 120, "local-2 serves")
-
-    def kill(self) -> None:
-        assert self.handle is not None
-        self.handle.kill()
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.stop()
-
-    def holds(self, sandbox_id: str) -> bool:
-        return (self.root / "sandboxes" / sandbox_id / "sandbox.json").exists()
-
-    def sandboxes(self) -> list[str]:
-        folder = self.root / "sandboxes"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-    def init_pid(self, sandbox_id: str) -> int:
-        pid = json.loads((self.root / "sandboxes" / sandbox_id / "sandbox.json").read_text())["init_pid"]
-        assert isinstance(pid, int) and pid > 0
-        return pid
-
-
 @pytest.fixture
 def short_grace(local_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The scheduler, restarted to give up on a silent node within seconds (then back to defaults)."""
@@ -123,43 +63,19 @@ def short_grace(local_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
 
 @pytest.fixture
-def second_node(local_stack: Any, short_grace: None, server_tmp_root: Path) -> Iterator[SecondNode]:
-    node = SecondNode(local_stack, Path(tempfile.mkdtemp(prefix="n2-", dir=server_tmp_root)) / "root")
+def second_node(local_stack: Any, short_grace: None, server_tmp_root: Path) -> Iterator[ExtraNode]:
+    node = ExtraNode(local_stack, Path(tempfile.mkdtemp(prefix="n2-", dir=server_tmp_root)) / "root")
     node.root.mkdir()
     node.start()
     time.sleep(3)  # its first heartbeats reach the scheduler
     try:
         yield node
     finally:
-        if node.handle is not None and not node.handle.alive():
-            # Killed and not brought back (the test failed midway): back once, so that its fence
-            # guard stops what it left running, then away for good.
-            with contextlib.suppress(Exception):
-                node.start()
-                time.sleep(3)
-        node.stop()
-        forget_node(local_stack, "local-2")
-
-
-def forget_node(local_stack: Any, node_id: str) -> None:
-    """Takes a stopped node out of the region's view (its heartbeat and any fence), so that no later
-    test in the session is placed on it while its last heartbeat is still fresh."""
-
-    async def forget() -> None:
-        client = await nats.connect(local_stack.nats_url)
-        try:
-            js = client.jetstream()
-            for bucket in (nodes_bucket("local"), fenced_bucket("local")):
-                with contextlib.suppress(Exception):
-                    await (await js.key_value(bucket)).purge(node_id)
-        finally:
-            await client.close()
-
-    asyncio.run(forget())
+        node.retire()
 
 
 def test_a_lost_node_is_fenced_and_its_stale_sandboxes_stopped_when_it_returns(
-    local_stack: Any, second_node: SecondNode
+    local_stack: Any, second_node: ExtraNode
 ) -> None:
     key = local_stack.create_tenant(f"nodeloss-{uuid.uuid4().hex[:8]}")
     connection = {"api_key": key, "endpoint": local_stack.endpoint}

@@ -20,7 +20,7 @@ from hutch.v1 import (
     templates_pb2_grpc,
     usage_pb2_grpc,
 )
-from hutch_gateway import egress_projection, sleep, store, tenants
+from hutch_gateway import egress_projection, moves, sleep, store, tenants
 from hutch_gateway.auth import Authenticator
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.dataplane import NodeChannels
@@ -210,6 +210,7 @@ async def run(settings: GatewaySettings) -> None:
                         else []
                     ),
                     bus.consume(sleep.consumer(region), sleep.SleepConsumer(sandbox_snapshots), shutdown),
+                    bus.consume(moves.consumer(region), moves.MoveConsumer(sandbox_snapshots), shutdown),
                 )
             finally:
                 if edge is not None:

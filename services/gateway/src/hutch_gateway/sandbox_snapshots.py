@@ -9,6 +9,8 @@ it; the gateway decides what the snapshot is for and moves its records:
 * Resume: the record turns PENDING as a new incarnation (the pause snapshot's id) and
   `sandbox.requested` starts it again, preferably on the node it was paused on.
 * Fork: a FORK snapshot and N new records, each started from it, preferably on the parent's node.
+* Move: a gVisor sandbox whose automatic memory needs more than its node has free is paused and
+  resumed at the larger size, which places it on a node with room (`sandbox.needs_room`, moves.py).
 
 Paused time does not count against a sandbox's timeout: what was left of it applies again from the
 moment it runs once more.
@@ -30,6 +32,7 @@ from hutch.internal.v1 import snapshot_store_pb2
 from hutch_gateway import events_out, quotas, store, templates
 from hutch_gateway.changes import ChangeFeed
 from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id, restart_request
+from hutch_gateway.isolation import GVISOR
 from hutch_gateway.janitor import SnapshotJanitor
 from hutch_gateway.node_snapshots import NodeSnapshotCalls, SnapshotRequest
 from hutch_gateway.service import SandboxService
@@ -109,10 +112,59 @@ class SandboxSnapshots:
             log.info("sandbox %s stays awake: %s", record.id, exc.message)
             return None
 
-    async def _pause(self, record: SandboxRecord, node: NodeInfo, *, asleep: bool) -> SandboxRecord:
+    async def move(self, need: ev.SandboxNeedsRoom) -> SandboxRecord | None:
+        """Moves a gVisor sandbox whose node has no room for its automatic memory to one that has:
+        a pause (its memory and processes kept), then a resume at the size it needs, placed where
+        that fits. None when it is no longer that sandbox running there, or no other node has the
+        room (its node then caps it where it is)."""
+        record = await self._sandboxes.reread(need.sandbox_id)
+        if (
+            record.state != State.RUNNING
+            or record.isolation != GVISOR
+            or record.node_id != need.node_id
+            or record.incarnation != need.incarnation
+        ):
+            return None
+        wanted = min(need.wanted_mb, record.memory_ceiling_mb or need.wanted_mb)
+        if not self._sandboxes.room_elsewhere(record, wanted):
+            log.info("sandbox %s needs %d MB: no other node has room, it stays where it is", record.id, wanted)
+            return None
+        node = self._sandboxes.node(record)
+        # Paused as asleep, so that a request meanwhile waits for the resume rather than failing;
+        # without the idle check, since it is most likely busy.
+        # Stored before the resume, which lands on another node.
+        await self._pause(record, node, asleep=True, only_if_idle=False, memory_mb=wanted, wait_stored=True)
+        log.info(
+            "sandbox %s moves off %s to grow from %d MB to %d MB", record.id, node.node_id, record.memory_mb, wanted
+        )
+        try:
+            return await self.resume(record.tenant_id, record.id)
+        except errors.ResourceExhausted:
+            # The room went meanwhile: back at the size it had, which fits where it was.
+            async with self._db.acquire() as conn, conn.transaction():
+                locked = await store.lock(conn, record.id)
+                if locked is not None and locked.state == State.PAUSED:
+                    await store.set_resources(conn, record.id, locked.cpu_millis, record.memory_mb)
+            return await self.resume(record.tenant_id, record.id)
+
+    async def _pause(
+        self,
+        record: SandboxRecord,
+        node: NodeInfo,
+        *,
+        asleep: bool,
+        only_if_idle: bool | None = None,
+        memory_mb: int = 0,
+        wait_stored: bool = False,
+    ) -> SandboxRecord:
+        """Pauses a running sandbox. `asleep`: a request wakes it; `only_if_idle` (by default what
+        `asleep` says): its node takes the snapshot only if nothing used it since it reported it
+        idle; `memory_mb`: the size it resumes with (0: the one it has); `wait_stored`: answer once
+        the snapshot-store holds the snapshot."""
         tenant_id = record.tenant_id
         try:
-            request = SnapshotRequest("pause", stop=True, only_if_idle=asleep)
+            idle_check = asleep if only_if_idle is None else only_if_idle
+            request = SnapshotRequest("pause", stop=True, only_if_idle=idle_check, wait_stored=wait_stored)
             taken = await self._node_calls.take(node, record.id, request)
         except errors.HutchError:
             now = await self._sandboxes.get(tenant_id, record.id)
@@ -122,6 +174,8 @@ class SandboxSnapshots:
         async with self._db.acquire() as conn, conn.transaction():
             before = await store.lock(conn, record.id)
             paused = await store.mark_paused(conn, record.id, taken.snapshot_id, asleep=asleep)
+            if paused is not None and memory_mb:
+                paused = await store.set_resources(conn, record.id, paused.cpu_millis, memory_mb)
             if paused is not None:
                 await outbox.stage(
                     conn,

@@ -290,6 +290,17 @@ class SandboxService:
             raise not_running(record)
         return record, self.node(record)
 
+    def room_elsewhere(self, record: SandboxRecord, memory_mb: int) -> bool:
+        """Whether a live node other than the sandbox's own has `memory_mb` unreserved for it, as the
+        heartbeats tell (the scheduler, which also counts what it placed since, decides)."""
+        return any(
+            node.node_id != record.node_id
+            and record.isolation in node.isolation_classes
+            and node.memory_mb_total - node.memory_mb_allocated >= memory_mb
+            and node.cpu_millis_total - node.cpu_millis_allocated >= record.cpu_millis
+            for node in self._nodes.alive()
+        )
+
     def idle_since(self, record: SandboxRecord) -> datetime | None:
         """When a running sandbox was last in use, as its node last said; None when not known."""
         node = self._nodes.get(record.node_id) if record.state == State.RUNNING and record.node_id else None

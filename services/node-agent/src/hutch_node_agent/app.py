@@ -124,7 +124,11 @@ async def run(settings: NodeAgentSettings) -> None:
             )
             idle = IdleWatcher(node.manager.activity, CgroupStats(options.cgroup_parent), node_events.idle)
             memory = MemoryAutoscaler(
-                node.manager, CgroupLimits(options.cgroup_parent), node_events.grown, node_events.memory_capped
+                node.manager,
+                CgroupLimits(options.cgroup_parent),
+                node_events.grown,
+                node_events.memory_capped,
+                node_events.needs_room,
             )
             handler = CommandHandler(node.manager, node.snapshots, node_events, changed, registrar)
             log.info("node-agent %s serving on %s (region %s)", options.id, address, settings.region)

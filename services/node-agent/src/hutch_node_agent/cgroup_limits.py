@@ -126,6 +126,11 @@ class CgroupLimits:
 
     # -- automatic memory (memory_autoscaler.py) -------------------------------------------
 
+    def set_memory_limit(self, sandbox_id: str, memory_bytes: int) -> None:
+        """Only the memory limit, up or down (a shrink below what is in use fails and changes nothing)."""
+        current = self.read(sandbox_id)
+        self._apply_memory(sandbox_id, memory_bytes, grow=memory_bytes >= current.memory_bytes)
+
     def memory_pressure(self, sandbox_id: str) -> MemoryPressure | None:
         """Usage and limit now, and whether the cgroup's tasks wait at the limit (v1 with the OOM
         killer off); None when the cgroup is gone."""

@@ -6,6 +6,7 @@ handled twice publishes the same id twice and JetStream keeps one.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -112,6 +113,25 @@ class NodeEvents:
             events.SANDBOX_MEMORY_CAPPED,
             f"{sandbox.id}.capped{sandbox.request.incarnation}.{sandbox.request.memory_mb}",
             sandbox.request.tenant_id,
+            sandbox.id,
+            payload,
+        )
+
+    async def needs_room(self, sandbox: LocalSandbox, wanted_mb: int) -> None:
+        now = sandbox.request
+        payload = ev.SandboxNeedsRoom(
+            sandbox_id=sandbox.id,
+            node_id=self._node_id,
+            incarnation=now.snapshot_id,
+            memory_mb=now.memory_mb,
+            wanted_mb=wanted_mb,
+            ceiling_mb=now.memory_ceiling_mb,
+        )
+        await self._publish(
+            events.SANDBOX_NEEDS_ROOM,
+            # Asked again after a wait that ended without a move: a new request, not a repeat.
+            f"{sandbox.id}.needs_room{now.incarnation}.{wanted_mb}.{int(time.time())}",
+            now.tenant_id,
             sandbox.id,
             payload,
         )

@@ -55,6 +55,7 @@ SANDBOX_TIMEOUT_WARNING: Final = EventKind("sandbox.timeout_warning", sandbox_pb
 SANDBOX_PAUSED: Final = EventKind("sandbox.paused", sandbox_pb2.SandboxPaused)
 SANDBOX_IDLE: Final = EventKind("sandbox.idle", sandbox_pb2.SandboxIdle)
 SANDBOX_MEMORY_CAPPED: Final = EventKind("sandbox.memory_capped", sandbox_pb2.SandboxMemoryCapped)
+SANDBOX_NEEDS_ROOM: Final = EventKind("sandbox.needs_room", sandbox_pb2.SandboxNeedsRoom)
 SANDBOX_RESIZED: Final = EventKind("sandbox.resized", sandbox_pb2.SandboxResized)
 NODE_COMMAND: Final = EventKind("node.command", node_pb2.NodeCommand)
 # Usage reports (one message type, one kind per reporter): node-agents report CPU and memory; the
@@ -79,6 +80,7 @@ CATALOGUE: Final[Mapping[str, EventKind[Any]]] = {
         SANDBOX_PAUSED,
         SANDBOX_IDLE,
         SANDBOX_MEMORY_CAPPED,
+        SANDBOX_NEEDS_ROOM,
         SANDBOX_RESIZED,
         NODE_COMMAND,
         USAGE_COMPUTE,

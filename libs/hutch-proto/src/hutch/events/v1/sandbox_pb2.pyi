@@ -429,12 +429,51 @@ class SandboxResized(_message.Message):
 Global___SandboxResized: _TypeAlias = SandboxResized  # noqa: Y015
 
 @_typing.final
-class SandboxMemoryCapped(_message.Message):
+class SandboxNeedsRoom(_message.Message):
     """hutch.<region>.sandbox.memory_capped: a sandbox with automatic memory needed more than it may
     get (its ceiling, or what its node has free); from now its processes meet the kernel's usual
     out-of-memory handling at its current limit.
+    hutch.<region>.sandbox.needs_room: a gVisor sandbox with automatic memory needs more memory than
+    its node has free. The gateway moves it (pause, then resume at the larger size) to a node with
+    room; when none has, or the move does not happen within a while, its node caps it.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    WANTED_MB_FIELD_NUMBER: _builtins.int
+    CEILING_MB_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    node_id: _builtins.str
+    incarnation: _builtins.str
+    """The incarnation that needs it (its spec's snapshot_id; empty for the first)."""
+    memory_mb: _builtins.int
+    wanted_mb: _builtins.int
+    """What it should grow to now (at most its ceiling)."""
+    ceiling_mb: _builtins.int
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        incarnation: _builtins.str = ...,
+        memory_mb: _builtins.int = ...,
+        wanted_mb: _builtins.int = ...,
+        ceiling_mb: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceiling_mb", b"ceiling_mb", "incarnation", b"incarnation", "memory_mb", b"memory_mb", "node_id", b"node_id", "sandbox_id", b"sandbox_id", "wanted_mb", b"wanted_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxNeedsRoom: _TypeAlias = SandboxNeedsRoom  # noqa: Y015
+
+@_typing.final
+class SandboxMemoryCapped(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SANDBOX_ID_FIELD_NUMBER: _builtins.int

@@ -5,7 +5,8 @@ A sandbox created with an idle policy is left alone until it sleeps; a command t
 wakes where it slept. Cold: the node's copy is dropped first (NodeAgent.DropSnapshot), so the wake
 fetches the snapshot from the snapshot-store, as on a node that never held it. The baseline,
 measured in the same run, is the same command to the same sandbox once it runs. E2B resumes a
-paused sandbox in about a second.
+paused sandbox in about a second. Each sandbox holds 64 MiB of random data on disk, and under
+gVisor as much in memory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ pytestmark = pytest.mark.bench
 
 ROUNDS = 8
 SLEEP_AFTER = 2
+# What each sandbox holds while it sleeps: 64 MiB of incompressible data on disk and, under gVisor,
+# as much in a sleeping process's memory, so that a cold wake has something to fetch.
+STATE_ON_DISK = "head -c 64M /dev/urandom > /root/state.bin"
+STATE_IN_MEMORY = "python3 -c 'import os, time; b = os.urandom(64 << 20); time.sleep(10**6)' >/dev/null 2>&1 &"
 
 
 def drop_node_copy(local_stack: Any, snapshot_id: str) -> None:
@@ -46,6 +51,9 @@ def test_wake_on_request(local_stack: Any, isolation: str, cache: str) -> None:
     wakes: list[float] = []
     awake: list[float] = []
     try:
+        box.commands.run(STATE_ON_DISK)
+        if isolation == "gvisor":
+            box.commands.run(STATE_IN_MEMORY)
         for _ in range(ROUNDS):
             asleep = eventually_sync(
                 lambda: (info := box.get_info()).state is SandboxState.PAUSED and info.asleep and info,

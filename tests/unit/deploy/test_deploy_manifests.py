@@ -61,7 +61,7 @@ NATS_DIR = DEPLOY / "nats"
 SERVICE_NAMES = {spec.name for spec in SERVICES}
 # The services that run once per node, beside the sandboxes, from the node-agent's image.
 PER_NODE = {"node-agent", "egress-proxy"}
-INFRASTRUCTURE = {"nats", "postgres", "minio"}
+INFRASTRUCTURE = {"nats", "postgres", "minio", "otel-collector"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 # Variables a manifest gives a Hutch container that are not settings (inputs of its command).
 NON_SETTINGS_ENV = {"NODE_NAME"}
@@ -736,7 +736,31 @@ def compose() -> dict[str, Any]:
 def test_compose_runs_exactly_the_local_stack() -> None:
     services = set(compose()["services"])
     assert services - INFRASTRUCTURE == SERVICE_NAMES
-    assert services >= INFRASTRUCTURE, "NATS, PostgreSQL and MinIO (S3) run beside the services"
+    assert services >= INFRASTRUCTURE, "NATS, PostgreSQL, MinIO (S3) and a collector run beside the services"
+
+
+def test_compose_sends_telemetry_to_its_collector() -> None:
+    """Every service exports over OTLP to the collector's gRPC receiver, whose pipelines use only
+    components the collector configuration defines."""
+    services = compose()["services"]
+    collector = services["otel-collector"]
+    mount = next(v for v in collector["volumes"] if v.startswith("./deploy/otel/"))
+    source, target = mount.split(":")[:2]
+    assert f"--config={target}" in collector["command"]
+    config = load_one(REPO / source.removeprefix("./"))
+    receiver = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    port = int(receiver.rsplit(":", 1)[1])
+    for name in SERVICE_NAMES:
+        env = {k: interpolate(v) for k, v in services[name]["environment"].items()}
+        assert env["HUTCH_TELEMETRY__EXPORTER"] == "otlp", name
+        assert env["HUTCH_TELEMETRY__OTLP_ENDPOINT"] == f"http://otel-collector:{port}", name
+    for kind, pipeline in config["service"]["pipelines"].items():
+        for section in ("receivers", "processors", "exporters"):
+            missing = set(pipeline.get(section, [])) - set(config.get(section) or {})
+            assert not missing, f"the {kind} pipeline uses undefined {section}: {missing}"
+    file_paths = [e["path"] for n, e in config["exporters"].items() if n.startswith("file")]
+    assert all(Path(p).parent == Path("/data") for p in file_paths)
+    assert "otel-data:/data" in collector["volumes"] and "otel-data" in compose()["volumes"]
 
 
 @pytest.mark.parametrize("service", sorted(SERVICE_NAMES))

@@ -15,10 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 
 from hutch import AlreadyExistsError, NotFoundError, Sandbox, SandboxState, Usage
+from hutch.core.grpc_runtime import internal_metadata
+from hutch.events.v1 import sandbox_pb2 as sandbox_events
+from hutch.internal.v1 import node_agent_pb2, node_agent_pb2_grpc
 from hutch.testing import eventually_sync
+from hutch.v1 import sandbox_pb2
 
 pytestmark = pytest.mark.e2e
 
@@ -150,3 +155,27 @@ def test_a_taken_name_is_refused_and_the_member_stays_in_the_pool(local_stack: A
     finally:
         first.kill()
         first.close()
+
+
+def test_a_member_adopted_without_a_committed_handover_is_retired(local_stack: Any, pool: str) -> None:
+    # What a gateway that died between its node's adoption and its commit leaves behind: the node
+    # holds the member as a tenant's, the database still lists it in the pool.
+    waiting = eventually_sync(lambda: warm(local_stack, pool), timeout=90)
+    orphan = sorted(waiting)[0]
+    address = next(c.address for c in local_stack.status() if c.name == "node-agent")
+    port = int(address.rsplit(":", 1)[1].split("/")[0])
+    spec = sandbox_events.SandboxSpec(
+        sandbox_id=orphan,
+        tenant_id="tn-neverhandedover",
+        template="base",
+        isolation=pool,
+        resources=sandbox_pb2.Resources(cpu_millis=round(CPU * 1000), memory_mb=MEMORY_MB),
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        node_agent_pb2_grpc.NodeAgentStub(channel).Adopt(
+            node_agent_pb2.AdoptSandboxRequest(spec=spec), metadata=internal_metadata(local_stack.internal_token)
+        )
+
+    # It is retired (not left running, billed to a tenant who never got it) and replaced.
+    refilled = eventually_sync(lambda: (found := warm(local_stack, pool)) and orphan not in found and found, timeout=90)
+    assert set(waiting) - {orphan} <= set(refilled)

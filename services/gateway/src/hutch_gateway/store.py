@@ -562,6 +562,12 @@ async def lock_pool_member(
     return _record(row) if row else None
 
 
+async def lock_if_free(conn: asyncpg.Connection, sandbox_id: str) -> SandboxRecord | None:
+    """The sandbox's row, locked; None when another transaction holds it (or it does not exist)."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = $1 FOR UPDATE SKIP LOCKED", sandbox_id)
+    return _record(row) if row else None
+
+
 async def hand_over(
     conn: asyncpg.Connection, sandbox_id: str, tenant_id: str, request: CreateRequest, started_at: datetime
 ) -> SandboxRecord:

@@ -13,6 +13,11 @@ memory) takes the oldest running member: its row is locked, its node adopts it f
 row becomes the tenant's sandbox in the same transaction. No placement and no start: the create
 answers as soon as the node has. Without a running member, or when the handover fails, the create
 starts a sandbox as usual; a member whose handover failed is retired.
+
+A gateway that dies between its node's adoption and the commit leaves a member its node holds as a
+tenant's while the database still lists it in the pool; the tenant never got it. Every
+RECONCILE_INTERVAL_S the members are checked against their nodes (NodeAgent.ListLocal) and such a
+member is retired, so that it neither runs on nor is billed to that tenant.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import grpc
 from hutch.core import errors, events, outbox
 from hutch.core.nodes import NodeDirectory
 from hutch.core.outbox import OutboxRelay
-from hutch.core.warm_pool import WARM_POOL_TENANT
+from hutch.core.warm_pool import WARM_POOL_TENANT, is_pool_member
 from hutch.internal.v1 import node_agent_pb2
 from hutch_gateway import events_out, store
 from hutch_gateway.dataplane import NodeChannels
@@ -42,6 +47,8 @@ from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord
 log = logging.getLogger(__name__)
 
 REFILL_INTERVAL_S: Final = 2.0
+# How often members are checked against their nodes (see `reconcile`).
+RECONCILE_INTERVAL_S: Final = 10.0
 # A kind with a member that failed to start this recently gets no new members yet.
 FAILURE_BACKOFF_S: Final = 30.0
 ADOPT_TIMEOUT_S: Final = 5.0
@@ -203,10 +210,52 @@ class WarmPools:
             conn, events.SANDBOX_REQUESTED.subject(self._region), events_out.requested(record, request, kind.template)
         )
 
+    async def reconcile(self) -> int:
+        """Retires members whose node holds them as a tenant's (an interrupted handover); returns
+        how many. A member a handover holds right now is left to it."""
+        async with self._db.acquire() as conn:
+            members = await store.pool_members(conn, self._region, WARM_POOL_TENANT)
+        by_node: defaultdict[str, list[SandboxRecord]] = defaultdict(list)
+        for member in members:
+            if member.state == State.RUNNING and member.node_id:
+                by_node[member.node_id].append(member)
+        retired = 0
+        for node_id, group in by_node.items():
+            node = self._nodes.get(node_id)
+            if node is None or not self._nodes.is_alive(node):
+                continue
+            try:
+                local = await self._channels.stub(node.address).ListLocal(
+                    node_agent_pb2.ListLocalRequest(), metadata=self._channels.metadata(), timeout=ADOPT_TIMEOUT_S
+                )
+            except grpc.RpcError as exc:
+                log.info("cannot check warm pool members on %s: %s", node_id, exc.details() or exc.code())
+                continue
+            owners = {s.sandbox_id: s.tenant_id for s in local.sandboxes}
+            for member in group:
+                owner = owners.get(member.id)
+                if owner is None or is_pool_member(owner):
+                    continue
+                async with self._db.acquire() as conn, conn.transaction():
+                    locked = await store.lock_if_free(conn, member.id)
+                    if locked is None or not is_pool_member(locked.tenant_id) or locked.state != State.RUNNING:
+                        continue  # a handover holds it, or it is no longer a member
+                    log.warning(
+                        "warm pool member %s was adopted by %s but never handed over: retiring it", member.id, owner
+                    )
+                    await self._retire(conn, locked, "its handover to a tenant was interrupted")
+                    retired += 1
+        return retired
+
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_check = loop.time()
         while not stop.is_set():
             try:
                 await self.refill()
+                if loop.time() >= next_check:
+                    next_check = loop.time() + RECONCILE_INTERVAL_S
+                    await self.reconcile()
             except (OSError, asyncpg.PostgresError, errors.HutchError) as exc:
                 log.warning("warm pool refill failed: %r", exc)
             with contextlib.suppress(TimeoutError):

@@ -130,8 +130,9 @@ class SandboxService:
                     events_out.requested(record, request, template_key, prefer_node=prefer),
                 )
         self._relay.kick()
-        if warm is not None:
-            return warm  # a warm pool member, running already: nothing to place or wait for
+        if warm is not None and self._pools is not None:
+            self._pools.kick()  # the member taken is replaced at once
+            return warm  # running already: nothing to place or wait for
         record = await self._feed.wait_until(
             sandbox_id,
             lambda: self.reread(sandbox_id),
@@ -304,7 +305,9 @@ class SandboxService:
     def idle_since(self, record: SandboxRecord) -> datetime | None:
         """When a running sandbox was last in use, as its node last said; None when not known."""
         node = self._nodes.get(record.node_id) if record.state == State.RUNNING and record.node_id else None
-        return node.idle_since.get(record.id) if node is not None else None
+        if node is None or not self._nodes.is_alive(node):
+            return None  # a silent node's last word would age without it
+        return node.idle_since.get(record.id)
 
     def node(self, record: SandboxRecord) -> NodeInfo:
         """The live node a running sandbox is on."""

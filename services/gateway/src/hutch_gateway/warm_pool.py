@@ -125,7 +125,7 @@ class WarmPools:
         self._failing: set[PoolKind] = set()
 
     def kick(self) -> None:
-        """Refill soon (a member was just taken)."""
+        """Refill soon: call once a transaction that took a member has committed."""
         self._wake.set()
 
     # -- handing members over --------------------------------------------------------------
@@ -144,7 +144,6 @@ class WarmPools:
         )
         if member is None:
             return None
-        self.kick()
         node = self._nodes.get(member.node_id) if member.node_id else None
         if node is None or not self._nodes.is_alive(node):
             await self._retire(conn, member, "its node is not answering")
@@ -173,7 +172,6 @@ class WarmPools:
         if stopping is not None and member.node_id:
             subject = events.node_command_subject(self._region, member.node_id)
             await outbox.stage(conn, subject, events_out.kill_command(member, reason=why))
-        self._relay.kick()
 
     # -- keeping pools full ----------------------------------------------------------------
 
@@ -197,8 +195,12 @@ class WarmPools:
                 for _ in range(count):
                     await self._request_member(conn, kind)
             for member in retire:
-                await self._retire(conn, member, "its warm pool shrank")
-        if start:
+                # A create may be handing it over right now (its row locked) or have done so since
+                # the read above: only a member still unclaimed and free is retired.
+                locked = await store.lock_if_free(conn, member.id)
+                if locked is not None and is_pool_member(locked.tenant_id) and locked.state == State.RUNNING:
+                    await self._retire(conn, locked, "its warm pool shrank")
+        if start or retire:
             self._relay.kick()
 
     async def _request_member(self, conn: asyncpg.Connection, kind: PoolKind) -> None:
@@ -245,6 +247,8 @@ class WarmPools:
                     )
                     await self._retire(conn, locked, "its handover to a tenant was interrupted")
                     retired += 1
+        if retired:
+            self._relay.kick()
         return retired
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -127,8 +127,14 @@ class CgroupLimits:
     # -- automatic memory (memory_autoscaler.py) -------------------------------------------
 
     def set_memory_limit(self, sandbox_id: str, memory_bytes: int) -> None:
-        """Only the memory limit, up or down (a shrink below what is in use fails and changes nothing)."""
+        """Only the memory limit, up or down. A shrink below what is in use is refused before
+        anything is written (FailedPrecondition): cgroup v1 would refuse it too, but v2 would take
+        it and OOM-kill."""
         current = self.read(sandbox_id)
+        if memory_bytes < current.memory_bytes and self.memory_in_use(sandbox_id) >= memory_bytes:
+            raise errors.FailedPrecondition(
+                f"the sandbox uses more than {memory_bytes} bytes of memory: its limit cannot shrink to that"
+            )
         self._apply_memory(sandbox_id, memory_bytes, grow=memory_bytes >= current.memory_bytes)
 
     def memory_pressure(self, sandbox_id: str) -> MemoryPressure | None:

@@ -38,6 +38,7 @@ import re
 import shutil
 import stat
 import struct
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,9 @@ _ROOT_ITEM_KEY: Final = 132
 _LAST_FREE_OBJECTID: Final = 2**64 - 256
 _U64_MAX: Final = 2**64 - 1
 _LEVEL0_QGROUP = re.compile(r"0_(\d+)")
+# The kernel makes a new subvolume's quota group before its root item: a sweep between the two
+# would take the group for stale. Creations and sweeps take turns.
+_SUBVOLUMES_CHANGING = threading.Lock()
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -433,7 +437,7 @@ def _quota_subvolume(fd: int, fsid: uuid.UUID, folder: Path) -> int:
 
 def _create_and_limit(folder: Path, fsid: uuid.UUID, limit_bytes: int) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _open_dir(folder.parent) as parent:
+    with _open_dir(folder.parent) as parent, _SUBVOLUMES_CHANGING:
         try:
             fcntl.ioctl(parent, _IOC_SUBVOL_CREATE, _vol_args(folder.name))
         except FileExistsError:
@@ -450,7 +454,7 @@ def _create_and_limit(folder: Path, fsid: uuid.UUID, limit_bytes: int) -> None:
 
 def _snapshot(source: Path, destination: Path, fsid: uuid.UUID, read_only: bool) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with _open_dir(source) as src, _open_dir(destination.parent) as parent:
+    with _open_dir(source) as src, _open_dir(destination.parent) as parent, _SUBVOLUMES_CHANGING:
         _quota_subvolume(src, fsid, source)
         args = _VOL_ARGS_V2.pack(src, 0, _SUBVOL_RDONLY if read_only else 0, b"", os.fsencode(destination.name))
         try:
@@ -513,14 +517,15 @@ def _existing_subvolumes(fd: int) -> set[int]:
 
 def _clear_stale_quota_groups(volume: Path, fsid: uuid.UUID) -> int:
     groups_dir = SYSFS_BTRFS / str(fsid) / "qgroups"
-    try:
-        level0 = [int(m.group(1)) for name in os.listdir(groups_dir) if (m := _LEVEL0_QGROUP.fullmatch(name))]
-    except FileNotFoundError:
-        return 0  # quotas are off
-    with _open_dir(volume) as fd:
+    cleared = 0
+    with _open_dir(volume) as fd, _SUBVOLUMES_CHANGING:
+        try:
+            names = os.listdir(groups_dir)
+        except FileNotFoundError:
+            return 0  # quotas are off
+        level0 = sorted(int(m.group(1)) for name in names if (m := _LEVEL0_QGROUP.fullmatch(name)))
         existing = _existing_subvolumes(fd)
-        cleared = 0
-        for subvolume in sorted(level0):
+        for subvolume in level0:
             if subvolume < SUBVOLUME_ROOT_INODE or subvolume in existing:
                 continue  # the top level, or a live (or still dropping) subvolume
             try:

@@ -17,6 +17,7 @@ from hutch.core import errors, events, outbox
 from hutch.core.events import Envelope
 from hutch.core.nodes import NodeDirectory
 from hutch.core.outbox import OutboxRelay
+from hutch.core.warm_pool import is_pool_member
 from hutch.events.v1 import node_pb2
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch_scheduler import store
@@ -88,7 +89,8 @@ class SchedulerHandler:
             if await store.exists(conn, sandbox, incarnation):
                 # Redelivered (the decision and its events are committed already), or a warm pool
                 # member claimed by a tenant: from now on it counts as that tenant's.
-                await store.set_tenant(conn, sandbox, incarnation, tenant)
+                if not is_pool_member(tenant):
+                    await store.claim_for_tenant(conn, sandbox, incarnation, tenant)
                 return
             try:
                 candidates = self._candidates(

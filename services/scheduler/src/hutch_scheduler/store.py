@@ -6,6 +6,7 @@ import hashlib
 
 import asyncpg
 
+from hutch.core.warm_pool import WARM_POOL_TENANT
 from hutch_scheduler.placement import Demand
 
 
@@ -26,12 +27,15 @@ async def exists(conn: asyncpg.Connection, sandbox_id: str, incarnation: str = "
     )
 
 
-async def set_tenant(conn: asyncpg.Connection, sandbox_id: str, incarnation: str, tenant_id: str) -> None:
+async def claim_for_tenant(conn: asyncpg.Connection, sandbox_id: str, incarnation: str, tenant_id: str) -> None:
+    """A warm pool member's placement becomes its tenant's (never the other way round: a late
+    redelivery of the member's own request must not hand it back to the pool)."""
     await conn.execute(
-        "UPDATE placements SET tenant_id = $3 WHERE sandbox_id = $1 AND incarnation = $2 AND tenant_id <> $3",
+        "UPDATE placements SET tenant_id = $3 WHERE sandbox_id = $1 AND incarnation = $2 AND tenant_id = $4",
         sandbox_id,
         incarnation,
         tenant_id,
+        WARM_POOL_TENANT,
     )
 
 

@@ -18,7 +18,7 @@ from hutch.core.bus import Bus
 from hutch.core.config import NatsSettings, PostgresSettings
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch_gateway import events_out, store, tenants
-from hutch_gateway.domain import CreateRequest, SandboxRecord, State, restart_request
+from hutch_gateway.domain import CreateRequest, SandboxRecord, State, next_incarnation, restart_request
 from hutch_gateway.janitor import SnapshotJanitor
 from hutch_gateway.projection import SandboxProjection
 
@@ -96,7 +96,11 @@ async def pause(g: Gateway, sandbox_id: str, snapshot_id: str) -> SandboxRecord:
 
 async def resume(g: Gateway, sandbox_id: str) -> SandboxRecord:
     async with g.pool.acquire() as conn, conn.transaction():
-        resuming = await store.mark_resuming(conn, sandbox_id)
+        paused = await store.lock(conn, sandbox_id)
+        assert paused is not None
+        resuming = await store.mark_resuming(
+            conn, sandbox_id, next_incarnation(paused.incarnation, paused.paused_snapshot)
+        )
     assert resuming is not None
     return resuming
 
@@ -155,6 +159,33 @@ async def test_a_failed_resume_leaves_the_sandbox_paused_and_says_why(gateway: G
     assert gateway.forgotten.snapshots == []  # the sandbox's state is still wanted
 
 
+async def test_a_failed_resume_can_be_tried_again_as_a_start_of_its_own(gateway: Gateway) -> None:
+    # Every event of a start carries its incarnation in its id: another try under the same name would
+    # be taken for a repeat of the failed one (JetStream and the scheduler both drop repeats).
+    sandbox_id = await running_sandbox(gateway)
+    await pause(gateway, sandbox_id, "snap-p1")
+    first = await resume(gateway, sandbox_id)
+    await gateway.projection(failed(sandbox_id, "snap-p1"))
+
+    again = await resume(gateway, sandbox_id)
+
+    assert (again.state, again.incarnation, again.resuming) == (State.PENDING, "snap-p1~2", True)
+    assert await store.held_by_snapshot(gateway.pool, gateway.tenant, "snap-p1") == sandbox_id
+    ask = events_out.requested(again, restart_request(again), "base")
+    assert (ask.payload.spec.snapshot_id, ask.payload.spec.incarnation) == ("snap-p1", "snap-p1~2")
+    assert ask.id != events_out.requested(first, restart_request(first), "base").id
+    await gateway.projection(failed(sandbox_id, "snap-p1~2"))  # and it may fail again, and say so
+    assert (await read(gateway, sandbox_id)).state == State.PAUSED
+    third = await resume(gateway, sandbox_id)
+    assert third.incarnation == "snap-p1~3"
+    await gateway.projection(started(sandbox_id, "snap-p1~3", node="n2"))
+    record = await read(gateway, sandbox_id)
+    assert (record.state, record.node_id) == (State.RUNNING, "n2")
+    # Once it runs its own way again, a later pause starts afresh.
+    await pause(gateway, sandbox_id, "snap-p2")
+    assert (await resume(gateway, sandbox_id)).incarnation == "snap-p2"
+
+
 async def test_a_stop_does_not_touch_a_paused_sandbox(gateway: Gateway) -> None:
     sandbox_id = await running_sandbox(gateway)
     await pause(gateway, sandbox_id, "snap-p1")
@@ -179,7 +210,7 @@ async def test_only_one_of_concurrent_resumes_starts_the_sandbox(gateway: Gatewa
 
     async def attempt() -> SandboxRecord | None:
         async with gateway.pool.acquire() as conn, conn.transaction():
-            return await store.mark_resuming(conn, sandbox_id)
+            return await store.mark_resuming(conn, sandbox_id, "snap-p1")
 
     outcomes = await asyncio.gather(*(attempt() for _ in range(5)))
     assert sum(outcome is not None for outcome in outcomes) == 1

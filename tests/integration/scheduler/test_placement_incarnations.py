@@ -67,13 +67,15 @@ async def heartbeat(s: Scheduler, node_id: str, memory: int) -> None:
     raise AssertionError("heartbeat not seen")
 
 
-def requested(sandbox_id: str, snapshot_id: str = "", prefer_node: str = "") -> events.Envelope[Any]:
+def requested(
+    sandbox_id: str, snapshot_id: str = "", prefer_node: str = "", incarnation: str = ""
+) -> events.Envelope[Any]:
     spec = ev.SandboxSpec(
         sandbox_id=sandbox_id, tenant_id="tn-1", template="base",
         resources=sandbox_pb2.Resources(cpu_millis=1000, memory_mb=1024),
-        snapshot_id=snapshot_id, prefer_node=prefer_node,
+        snapshot_id=snapshot_id, prefer_node=prefer_node, incarnation=incarnation,
     )  # fmt: skip
-    event_id = events.sandbox_event_id(sandbox_id, "requested", snapshot_id)
+    event_id = events.sandbox_event_id(sandbox_id, "requested", incarnation or snapshot_id)
     return events.Envelope(
         kind=events.SANDBOX_REQUESTED, payload=ev.SandboxRequested(spec=spec), sandbox=sandbox_id, id=event_id
     )
@@ -147,3 +149,25 @@ async def test_a_stale_failure_of_an_earlier_start_keeps_the_current_placement(s
     await scheduler.handler(requested("sb-c"))
     sandbox_events, _ = await published(scheduler)
     assert [e.kind for e in sandbox_events if e.sandbox == "sb-c"] == [events.SANDBOX_PLACED]
+
+
+async def test_another_try_at_a_resume_that_found_no_room_is_placed_as_a_start_of_its_own(
+    scheduler: Scheduler,
+) -> None:
+    await heartbeat(scheduler, "n1", memory=1024)
+    await scheduler.handler(requested("sb-a"))
+    await scheduler.handler(paused("sb-a", "snap-p1"))
+    await scheduler.handler(requested("sb-b"))  # takes the room sb-a gave back
+    await scheduler.handler(requested("sb-a", "snap-p1"))  # no room: unplaced
+    await scheduler.handler(failed("sb-b", ""))  # sb-b goes; the room is back
+    await scheduler.handler(requested("sb-a", "snap-p1", incarnation="snap-p1~2"))
+    sandbox_events, commands = await published(scheduler)
+    outcomes = [(e.kind.name, e.id) for e in sandbox_events if e.sandbox == "sb-a"]
+    assert outcomes == [
+        ("sandbox.placed", "sb-a.placed"),
+        ("sandbox.failed", "sb-a.unplaced.snap-p1"),
+        ("sandbox.placed", "sb-a.placed.snap-p1~2"),
+    ]
+    create = commands[-1]
+    assert create.id == "sb-a.create.snap-p1~2"
+    assert (create.payload.create.spec.snapshot_id, create.payload.create.spec.incarnation) == ("snap-p1", "snap-p1~2")

@@ -1,7 +1,7 @@
 import pytest
 
 from hutch.core import errors
-from hutch_gateway.domain import Limits, new_id, validate_create
+from hutch_gateway.domain import Limits, new_id, next_incarnation, start_snapshot, validate_create
 
 LIMITS = Limits(max_cpu_millis=8000, max_memory_mb=16384)
 
@@ -60,3 +60,11 @@ def test_ids_are_prefixed_and_unique() -> None:
     ids = {new_id("sb-") for _ in range(1000)}
     assert len(ids) == 1000
     assert all(i.startswith("sb-") and len(i) == 23 for i in ids)
+
+
+def test_the_first_start_from_a_snapshot_is_named_by_it_and_each_try_after_a_failure_anew() -> None:
+    assert next_incarnation("", "snap-a") == "snap-a"
+    assert next_incarnation("snap-a", "snap-a") == "snap-a~2"
+    assert next_incarnation("snap-a~2", "snap-a") == "snap-a~3"
+    assert next_incarnation("snap-a~3", "snap-b") == "snap-b"  # paused again since: a new snapshot
+    assert [start_snapshot(i) for i in ("", "snap-a", "snap-a~3")] == ["", "snap-a", "snap-a"]

@@ -12,6 +12,8 @@ from hutch.core import errors
 from hutch_gateway.network_rules import check_network
 
 DEFAULT_TEMPLATE = "base"
+# Separates a snapshot's id from the try in an incarnation's name (see next_incarnation).
+INCARNATION_TRY = "~"
 DEFAULT_CPU_MILLIS = 1000
 DEFAULT_MEMORY_MB = 512
 MIN_CPU_MILLIS = 100
@@ -52,6 +54,21 @@ LIVE_STATES = (State.PENDING, State.RUNNING, State.STOPPING, State.PAUSED)
 
 def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+def start_snapshot(incarnation: str) -> str:
+    """The snapshot a start named `incarnation` starts from ("" for a fresh start)."""
+    return incarnation.partition(INCARNATION_TRY)[0]
+
+
+def next_incarnation(current: str, snapshot_id: str) -> str:
+    """The name of the next start from `snapshot_id`: the snapshot's id the first time, then
+    "<snapshot>~<try>" for each try after one that failed, so that no event of a new try is
+    taken for a repeat of the last one's (event ids carry the incarnation)."""
+    if start_snapshot(current) != snapshot_id:
+        return snapshot_id
+    tries = current.partition(INCARNATION_TRY)[2]
+    return f"{snapshot_id}{INCARNATION_TRY}{int(tries or 1) + 1}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,11 @@ class SandboxRecord:
     @property
     def resuming(self) -> bool:
         """Pending because it is being started again from its pause snapshot."""
-        return self.state == State.PENDING and bool(self.paused_snapshot) and self.incarnation == self.paused_snapshot
+        return (
+            self.state == State.PENDING
+            and bool(self.paused_snapshot)
+            and start_snapshot(self.incarnation) == self.paused_snapshot
+        )
 
     def error(self) -> errors.HutchError:
         """The error a FAILED sandbox reports to whoever waited for it."""

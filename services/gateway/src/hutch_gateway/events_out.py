@@ -9,7 +9,7 @@ from hutch.core.events import Envelope, sandbox_event_id
 from hutch.events.v1 import node_pb2
 from hutch.events.v1 import sandbox_pb2 as ev
 from hutch.v1 import network_pb2, sandbox_pb2
-from hutch_gateway.domain import CreateRequest, SandboxRecord
+from hutch_gateway.domain import CreateRequest, SandboxRecord, start_snapshot
 
 
 def requested(
@@ -28,7 +28,8 @@ def requested(
         timeout_seconds=timeout,
         region=record.region,
         isolation=record.isolation,
-        snapshot_id=record.incarnation,
+        snapshot_id=start_snapshot(record.incarnation),
+        incarnation=record.incarnation,
         prefer_node=prefer_node,
         network=network_pb2.NetworkPolicy(**request.network),
         auto_sleep_after_seconds=record.auto_sleep_after_s,

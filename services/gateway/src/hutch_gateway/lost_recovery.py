@@ -13,7 +13,7 @@ import logging
 
 from hutch.core import errors
 from hutch.internal.v1 import snapshot_store_pb2 as pb
-from hutch_gateway.domain import SandboxRecord
+from hutch_gateway.domain import SandboxRecord, start_snapshot
 from hutch_gateway.snapshot_store import SnapshotStoreChannel
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,6 @@ class LostRecovery:
         except errors.HutchError as exc:
             log.warning("cannot look up snapshots of lost sandbox %s: %s", record.id, exc.message)
             return None
-        if newest is None or newest.id == record.incarnation:
+        if newest is None or newest.id == start_snapshot(record.incarnation):
             return None
         return newest.id

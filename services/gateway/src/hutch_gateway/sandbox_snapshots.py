@@ -31,7 +31,15 @@ from hutch.events.v1 import sandbox_pb2 as ev
 from hutch.internal.v1 import snapshot_store_pb2
 from hutch_gateway import events_out, quotas, store, templates
 from hutch_gateway.changes import ChangeFeed
-from hutch_gateway.domain import SANDBOX_ID_PREFIX, CreateRequest, SandboxRecord, State, new_id, restart_request
+from hutch_gateway.domain import (
+    SANDBOX_ID_PREFIX,
+    CreateRequest,
+    SandboxRecord,
+    State,
+    new_id,
+    next_incarnation,
+    restart_request,
+)
 from hutch_gateway.isolation import GVISOR
 from hutch_gateway.janitor import SnapshotJanitor
 from hutch_gateway.node_snapshots import NodeSnapshotCalls, SnapshotRequest
@@ -118,34 +126,40 @@ class SandboxSnapshots:
         that fits. None when it is no longer that sandbox running there, or no other node has the
         room (its node then caps it where it is)."""
         record = await self._sandboxes.reread(need.sandbox_id)
-        if (
-            record.state != State.RUNNING
-            or record.isolation != GVISOR
-            or record.node_id != need.node_id
-            or record.incarnation != need.incarnation
-        ):
+        if record.isolation != GVISOR or record.incarnation != need.incarnation:
             return None
         wanted = min(need.wanted_mb, record.memory_ceiling_mb or need.wanted_mb)
+        if record.state == State.PAUSED and record.asleep and record.paused_node == need.node_id:
+            await self._grow_paused(record.id, wanted)  # it asked for more while its move began
+            return None
+        if record.state != State.RUNNING or record.node_id != need.node_id:
+            return None
         if not self._sandboxes.room_elsewhere(record, wanted):
             log.info("sandbox %s needs %d MB: no other node has room, it stays where it is", record.id, wanted)
             return None
         node = self._sandboxes.node(record)
         # Paused as asleep, so that a request meanwhile waits for the resume rather than failing;
-        # without the idle check, since it is most likely busy.
-        # Stored before the resume, which lands on another node.
+        # without the idle check, since it is most likely busy; stored before the resume, which
+        # lands on another node.
         await self._pause(record, node, asleep=True, only_if_idle=False, memory_mb=wanted, wait_stored=True)
         log.info(
             "sandbox %s moves off %s to grow from %d MB to %d MB", record.id, node.node_id, record.memory_mb, wanted
         )
         try:
-            return await self.resume(record.tenant_id, record.id)
+            return await self._resume(record.tenant_id, record.id, prefer_paused_node=False)
         except errors.ResourceExhausted:
             # The room went meanwhile: back at the size it had, which fits where it was.
             async with self._db.acquire() as conn, conn.transaction():
                 locked = await store.lock(conn, record.id)
                 if locked is not None and locked.state == State.PAUSED:
                     await store.set_resources(conn, record.id, locked.cpu_millis, record.memory_mb)
-            return await self.resume(record.tenant_id, record.id)
+            return await self._resume(record.tenant_id, record.id, prefer_paused_node=True)
+
+    async def _grow_paused(self, sandbox_id: str, memory_mb: int) -> None:
+        async with self._db.acquire() as conn, conn.transaction():
+            locked = await store.lock(conn, sandbox_id)
+            if locked is not None and locked.state == State.PAUSED and locked.memory_mb < memory_mb:
+                await store.set_resources(conn, sandbox_id, locked.cpu_millis, memory_mb)
 
     async def _pause(
         self,
@@ -195,12 +209,15 @@ class SandboxSnapshots:
 
     async def resume(self, tenant_id: str, ref: str) -> SandboxRecord:
         """Starts a paused sandbox again and returns once it runs (a running one as it is)."""
+        return await self._resume(tenant_id, ref, prefer_paused_node=True)
+
+    async def _resume(self, tenant_id: str, ref: str, *, prefer_paused_node: bool) -> SandboxRecord:
         record = await self._sandboxes.get(tenant_id, ref)
         step = resume_step(record)
         if step is Step.DONE:
             return record
         if step is Step.ACT:
-            await self._request_resume(tenant_id, record.id)
+            await self._request_resume(tenant_id, record.id, prefer_paused_node)
         resumed = await self._feed.wait_until(
             record.id,
             lambda: self._sandboxes.reread(record.id),
@@ -212,7 +229,7 @@ class SandboxSnapshots:
             raise resumed.error()  # the resume failed; a paused sandbox stays paused, its snapshot intact
         return resumed
 
-    async def _request_resume(self, tenant_id: str, sandbox_id: str) -> None:
+    async def _request_resume(self, tenant_id: str, sandbox_id: str, prefer_paused_node: bool = True) -> None:
         # Under the row's lock only one of several concurrent resumes starts it; the others wait.
         async with self._db.acquire() as conn, conn.transaction():
             paused = await store.lock(conn, sandbox_id)
@@ -220,13 +237,17 @@ class SandboxSnapshots:
                 return
             template_key = await templates.resolve(conn, tenant_id, paused.template)
             await quotas.enforce(conn, tenant_id, self._options.default_quota, 1, paused.cpu_millis, paused.memory_mb)
-            resuming = await store.mark_resuming(conn, sandbox_id)
+            incarnation = next_incarnation(paused.incarnation, paused.paused_snapshot)
+            resuming = await store.mark_resuming(conn, sandbox_id, incarnation)
             assert resuming is not None  # the row is locked and paused
             await outbox.stage(
                 conn,
                 events.SANDBOX_REQUESTED.subject(self._region),
                 events_out.requested(
-                    resuming, restart_request(resuming), template_key, prefer_node=paused.paused_node or ""
+                    resuming,
+                    restart_request(resuming),
+                    template_key,
+                    prefer_node=(paused.paused_node or "") if prefer_paused_node else "",
                 ),
             )
         self._relay.kick()

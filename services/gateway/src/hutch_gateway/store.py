@@ -381,19 +381,20 @@ async def mark_paused(
     return _record(row)
 
 
-async def mark_resuming(conn: asyncpg.Connection, sandbox_id: str) -> SandboxRecord | None:
-    """PAUSED -> PENDING as a new start from its pause snapshot, to be placed afresh."""
+async def mark_resuming(conn: asyncpg.Connection, sandbox_id: str, incarnation: str) -> SandboxRecord | None:
+    """PAUSED -> PENDING as a new start (named `incarnation`) from its pause snapshot, to be placed afresh."""
     row = await conn.fetchrow(
         f"""UPDATE sandboxes SET
                state = 'pending',
                asleep = false,
-               incarnation = paused_snapshot,
+               incarnation = $2,
                node_id = NULL,
                error_code = '',
                state_reason = ''
            WHERE id = $1 AND state = 'paused'
            RETURNING {_COLUMNS}""",
         sandbox_id,
+        incarnation,
     )
     if row is None:
         return None
@@ -432,7 +433,8 @@ async def back_to_paused(
     """A resume that failed leaves the sandbox paused (its snapshot still holds it), saying why."""
     row = await conn.fetchrow(
         f"""UPDATE sandboxes SET state = 'paused', error_code = $3, state_reason = $4
-           WHERE id = $1 AND state = 'pending' AND incarnation = $2 AND paused_snapshot = $2
+           WHERE id = $1 AND state = 'pending' AND incarnation = $2
+             AND paused_snapshot = split_part($2, '~', 1)
            RETURNING {_COLUMNS}""",
         sandbox_id,
         incarnation,
@@ -449,7 +451,7 @@ async def held_by_snapshot(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str
     """The tenant's sandbox that a snapshot holds now: paused in it, or resuming from it."""
     held: str | None = await db.fetchval(
         "SELECT id FROM sandboxes WHERE tenant_id = $1 AND paused_snapshot = $2 "
-        "AND (state = 'paused' OR (state = 'pending' AND incarnation = $2)) LIMIT 1",
+        "AND (state = 'paused' OR (state = 'pending' AND split_part(incarnation, '~', 1) = $2)) LIMIT 1",
         tenant_id,
         snapshot_id,
     )

@@ -32,6 +32,7 @@ def request_from_spec(spec: ev.SandboxSpec) -> SandboxRequest:
         timeout_seconds=spec.timeout_seconds,
         isolation=spec.isolation or "container",
         snapshot_id=spec.snapshot_id,
+        incarnation_id=spec.incarnation if spec.incarnation != spec.snapshot_id else "",
         network={
             "allow": list(spec.network.allow),
             "deny": list(spec.network.deny),

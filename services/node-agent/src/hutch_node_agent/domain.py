@@ -48,11 +48,18 @@ class SandboxRequest:
     auto_sleep_after_s: int = 0
     # Automatic memory: grow memory_mb as needed up to this (memory_autoscaler.py); 0: fixed.
     memory_ceiling_mb: int = 0
+    # Names this start when snapshot_id alone does not (another try at a failed resume); "": it does.
+    incarnation_id: str = ""
+
+    @property
+    def incarnation_name(self) -> str:
+        """The name of this start: "" for a fresh sandbox's first, else its snapshot's id (or a try)."""
+        return self.incarnation_id or self.snapshot_id
 
     @property
     def incarnation(self) -> str:
         """A suffix for event ids: a sandbox resumed from a snapshot starts (and may fail) again."""
-        return f".{self.snapshot_id}" if self.snapshot_id else ""
+        return f".{self.incarnation_name}" if self.incarnation_name else ""
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class NodeEvents:
         payload = ev.SandboxIdle(
             sandbox_id=sandbox.id,
             node_id=self._node_id,
-            incarnation=sandbox.request.snapshot_id,
+            incarnation=sandbox.request.incarnation_name,
             idle_since=_timestamp(idle_since),
         )
         await self._publish(
@@ -122,7 +122,7 @@ class NodeEvents:
         payload = ev.SandboxNeedsRoom(
             sandbox_id=sandbox.id,
             node_id=self._node_id,
-            incarnation=now.snapshot_id,
+            incarnation=now.incarnation_name,
             memory_mb=now.memory_mb,
             wanted_mb=wanted_mb,
             ceiling_mb=now.memory_ceiling_mb,

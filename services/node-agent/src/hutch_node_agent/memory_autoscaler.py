@@ -12,10 +12,10 @@ the OOM killer is switched back on and `sandbox.memory_capped` tells the owner. 
 on a full node is first offered a move: `sandbox.needs_room` asks the gateway to pause it and resume
 it at the larger size on a node with room (its memory and processes go with it); meanwhile it keeps
 trying to grow here, and may use up to the size it asked for (lent, not reserved: a task waiting
-at the limit could not be stopped for the move's checkpoint). If no move came within MOVE_WAIT_S
-the loan goes back, or, when the sandbox holds it, it is capped where it is. On cgroup v2 there
-is no such switch: growth relies on the polling alone, so a process that allocates faster than
-one limit step per POLL_S can still meet the OOM killer.
+at the limit could not be stopped for the move's checkpoint); needing more, it asks again. If no
+move came within MOVE_WAIT_S the loan goes back, or, when the sandbox holds it, it is capped where
+it is. On cgroup v2 there is no such switch: growth relies on the polling alone, so a process that
+allocates faster than one limit step per POLL_S can still meet the OOM killer.
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ class MemoryAutoscaler:
         self._clock = clock
         self._held: set[str] = set()
         self._capped: set[str] = set()
-        # Sandboxes waiting to be moved to a node with room: until when they wait.
+        # Sandboxes waiting to be moved to a node with room: until when they wait, and the most
+        # they asked for (and were lent).
         self._moving: dict[str, float] = {}
+        self._asked: dict[str, int] = {}
 
     async def check(self) -> None:
         live = set()
@@ -92,6 +94,7 @@ class MemoryAutoscaler:
         self._held &= live
         self._capped &= live
         self._moving = {k: v for k, v in self._moving.items() if k in live}
+        self._asked = {k: v for k, v in self._asked.items() if k in self._moving}
 
     async def _check_one(self, sandbox: LocalSandbox, ceiling: int) -> None:
         current = sandbox.request.memory_mb
@@ -120,6 +123,7 @@ class MemoryAutoscaler:
             await self._no_room(sandbox, target, exc.message)
             return
         self._moving.pop(sandbox.id, None)
+        self._asked.pop(sandbox.id, None)
         log.info("sandbox %s needed more memory: %d MB -> %d MB", sandbox.id, current, target)
         await self._on_grown(sandbox, current)
 
@@ -130,18 +134,21 @@ class MemoryAutoscaler:
             await self._cap(sandbox, f"its node has no memory left for it to grow ({why})")
             return
         # Lent, not reserved: a task held at the limit could not be stopped for the move's
-        # checkpoint, so until the move the sandbox may use what it needs.
-        lent = await asyncio.to_thread(self._limits.read, sandbox.id)
-        if target * 2**20 > lent.memory_bytes:
-            await asyncio.to_thread(self._limits.set_memory_limit, sandbox.id, target * 2**20)
-        if sandbox.id not in self._moving:
-            self._moving[sandbox.id] = self._clock() + MOVE_WAIT_S
-            log.info("sandbox %s needs %d MB, more than its node has: asking for a move", sandbox.id, target)
-            await self._on_needs_room(sandbox, target)
+        # checkpoint, so until the move the sandbox may use what it needs. Each time it needs more
+        # it asks again, so that it is resumed elsewhere with what it holds.
+        asked = self._asked.get(sandbox.id, 0)
+        if target <= asked:
+            return
+        await asyncio.to_thread(self._limits.set_memory_limit, sandbox.id, target * 2**20)
+        self._asked[sandbox.id] = target
+        self._moving.setdefault(sandbox.id, self._clock() + MOVE_WAIT_S)
+        log.info("sandbox %s needs %d MB, more than its node has: asking for a move", sandbox.id, target)
+        await self._on_needs_room(sandbox, target)
 
     async def _end_wait(self, sandbox: LocalSandbox) -> None:
         """No move came in time: what was lent goes back; a sandbox that holds it is capped."""
         del self._moving[sandbox.id]
+        self._asked.pop(sandbox.id, None)
         try:
             await asyncio.to_thread(self._limits.set_memory_limit, sandbox.id, sandbox.request.memory_mb * 2**20)
         except errors.FailedPrecondition:

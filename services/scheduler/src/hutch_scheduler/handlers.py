@@ -82,7 +82,7 @@ class SchedulerHandler:
         demand = Demand(
             spec.resources.cpu_millis, spec.resources.memory_mb, spec.template, spec.isolation or "container"
         )
-        sandbox, tenant, incarnation = spec.sandbox_id, spec.tenant_id, spec.snapshot_id
+        sandbox, tenant, incarnation = spec.sandbox_id, spec.tenant_id, spec.incarnation or spec.snapshot_id
         event_id = functools.partial(events.sandbox_event_id, sandbox, incarnation=incarnation)
         async with self._db.acquire() as conn, conn.transaction():
             await store.lock_region(conn, self._region)

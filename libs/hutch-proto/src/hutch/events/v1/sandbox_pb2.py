@@ -27,7 +27,7 @@ from hutch.v1 import network_pb2 as hutch_dot_v1_dot_network__pb2
 from hutch.v1 import sandbox_pb2 as hutch_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhutch/events/v1/sandbox.proto\x12\x0fhutch.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutch/v1/network.proto\x1a\x16hutch/v1/sandbox.proto\"\x9b\x04\n\x0bSandboxSpec\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.hutch.v1.Resources\x12\x34\n\x04\x65nvs\x18\x06 \x03(\x0b\x32&.hutch.events.v1.SandboxSpec.EnvsEntry\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.hutch.events.v1.SandboxSpec.MetadataEntry\x12\x17\n\x0ftimeout_seconds\x18\x08 \x01(\r\x12\x0e\n\x06region\x18\t \x01(\t\x12\x11\n\tisolation\x18\n \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x0b \x01(\t\x12\x13\n\x0bprefer_node\x18\x0c \x01(\t\x12(\n\x07network\x18\x14 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\x12 \n\x18\x61uto_sleep_after_seconds\x18\x15 \x01(\r\x12\x19\n\x11memory_ceiling_mb\x18\x16 \x01(\r\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x10SandboxRequested\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"4\n\rSandboxPlaced\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"e\n\x0eSandboxStarted\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\rSandboxFailed\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"u\n\x0eSandboxStopped\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nstopped_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\rSandboxPaused\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t\x12-\n\tpaused_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0bSandboxIdle\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\x12.\n\nidle_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x14SandboxKillRequested\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"Y\n\x15SandboxTimeoutWarning\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12,\n\x08\x66ires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0eSandboxResized\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.hutch.v1.Resources\x12%\n\x08previous\x18\x04 \x01(\x0b\x32\x13.hutch.v1.Resources\x12.\n\nresized_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x10SandboxNeedsRoom\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\x12\x11\n\tmemory_mb\x18\x04 \x01(\r\x12\x11\n\twanted_mb\x18\x05 \x01(\r\x12\x12\n\nceiling_mb\x18\x06 \x01(\r\"\xa0\x01\n\x13SandboxMemoryCapped\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\x12\x12\n\nceiling_mb\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\tcapped_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhutch/events/v1/sandbox.proto\x12\x0fhutch.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutch/v1/network.proto\x1a\x16hutch/v1/sandbox.proto\"\xb0\x04\n\x0bSandboxSpec\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.hutch.v1.Resources\x12\x34\n\x04\x65nvs\x18\x06 \x03(\x0b\x32&.hutch.events.v1.SandboxSpec.EnvsEntry\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.hutch.events.v1.SandboxSpec.MetadataEntry\x12\x17\n\x0ftimeout_seconds\x18\x08 \x01(\r\x12\x0e\n\x06region\x18\t \x01(\t\x12\x11\n\tisolation\x18\n \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x0b \x01(\t\x12\x13\n\x0bprefer_node\x18\x0c \x01(\t\x12(\n\x07network\x18\x14 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\x12 \n\x18\x61uto_sleep_after_seconds\x18\x15 \x01(\r\x12\x19\n\x11memory_ceiling_mb\x18\x16 \x01(\r\x12\x13\n\x0bincarnation\x18\x17 \x01(\t\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x10SandboxRequested\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.hutch.events.v1.SandboxSpec\"4\n\rSandboxPlaced\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"e\n\x0eSandboxStarted\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\rSandboxFailed\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"u\n\x0eSandboxStopped\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nstopped_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\rSandboxPaused\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t\x12-\n\tpaused_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0bSandboxIdle\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\x12.\n\nidle_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x14SandboxKillRequested\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"Y\n\x15SandboxTimeoutWarning\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12,\n\x08\x66ires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0eSandboxResized\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.hutch.v1.Resources\x12%\n\x08previous\x18\x04 \x01(\x0b\x32\x13.hutch.v1.Resources\x12.\n\nresized_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x10SandboxNeedsRoom\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\x12\x11\n\tmemory_mb\x18\x04 \x01(\r\x12\x11\n\twanted_mb\x18\x05 \x01(\r\x12\x12\n\nceiling_mb\x18\x06 \x01(\r\"\xa0\x01\n\x13SandboxMemoryCapped\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\x12\x12\n\nceiling_mb\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\tcapped_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,33 +39,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOXSPEC_METADATAENTRY']._loaded_options = None
   _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SANDBOXSPEC']._serialized_start=132
-  _globals['_SANDBOXSPEC']._serialized_end=671
-  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_start=579
-  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_end=622
-  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_start=624
-  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_end=671
-  _globals['_SANDBOXREQUESTED']._serialized_start=673
-  _globals['_SANDBOXREQUESTED']._serialized_end=735
-  _globals['_SANDBOXPLACED']._serialized_start=737
-  _globals['_SANDBOXPLACED']._serialized_end=789
-  _globals['_SANDBOXSTARTED']._serialized_start=791
-  _globals['_SANDBOXSTARTED']._serialized_end=892
-  _globals['_SANDBOXFAILED']._serialized_start=894
-  _globals['_SANDBOXFAILED']._serialized_end=977
-  _globals['_SANDBOXSTOPPED']._serialized_start=979
-  _globals['_SANDBOXSTOPPED']._serialized_end=1096
-  _globals['_SANDBOXPAUSED']._serialized_start=1098
-  _globals['_SANDBOXPAUSED']._serialized_end=1218
-  _globals['_SANDBOXIDLE']._serialized_start=1220
-  _globals['_SANDBOXIDLE']._serialized_end=1339
-  _globals['_SANDBOXKILLREQUESTED']._serialized_start=1341
-  _globals['_SANDBOXKILLREQUESTED']._serialized_end=1383
-  _globals['_SANDBOXTIMEOUTWARNING']._serialized_start=1385
-  _globals['_SANDBOXTIMEOUTWARNING']._serialized_end=1474
-  _globals['_SANDBOXRESIZED']._serialized_start=1477
-  _globals['_SANDBOXRESIZED']._serialized_end=1657
-  _globals['_SANDBOXNEEDSROOM']._serialized_start=1660
-  _globals['_SANDBOXNEEDSROOM']._serialized_end=1794
-  _globals['_SANDBOXMEMORYCAPPED']._serialized_start=1797
-  _globals['_SANDBOXMEMORYCAPPED']._serialized_end=1957
+  _globals['_SANDBOXSPEC']._serialized_end=692
+  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_start=600
+  _globals['_SANDBOXSPEC_ENVSENTRY']._serialized_end=643
+  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_start=645
+  _globals['_SANDBOXSPEC_METADATAENTRY']._serialized_end=692
+  _globals['_SANDBOXREQUESTED']._serialized_start=694
+  _globals['_SANDBOXREQUESTED']._serialized_end=756
+  _globals['_SANDBOXPLACED']._serialized_start=758
+  _globals['_SANDBOXPLACED']._serialized_end=810
+  _globals['_SANDBOXSTARTED']._serialized_start=812
+  _globals['_SANDBOXSTARTED']._serialized_end=913
+  _globals['_SANDBOXFAILED']._serialized_start=915
+  _globals['_SANDBOXFAILED']._serialized_end=998
+  _globals['_SANDBOXSTOPPED']._serialized_start=1000
+  _globals['_SANDBOXSTOPPED']._serialized_end=1117
+  _globals['_SANDBOXPAUSED']._serialized_start=1119
+  _globals['_SANDBOXPAUSED']._serialized_end=1239
+  _globals['_SANDBOXIDLE']._serialized_start=1241
+  _globals['_SANDBOXIDLE']._serialized_end=1360
+  _globals['_SANDBOXKILLREQUESTED']._serialized_start=1362
+  _globals['_SANDBOXKILLREQUESTED']._serialized_end=1404
+  _globals['_SANDBOXTIMEOUTWARNING']._serialized_start=1406
+  _globals['_SANDBOXTIMEOUTWARNING']._serialized_end=1495
+  _globals['_SANDBOXRESIZED']._serialized_start=1498
+  _globals['_SANDBOXRESIZED']._serialized_end=1678
+  _globals['_SANDBOXNEEDSROOM']._serialized_start=1681
+  _globals['_SANDBOXNEEDSROOM']._serialized_end=1815
+  _globals['_SANDBOXMEMORYCAPPED']._serialized_start=1818
+  _globals['_SANDBOXMEMORYCAPPED']._serialized_end=1978
 # @@protoc_insertion_point(module_scope)

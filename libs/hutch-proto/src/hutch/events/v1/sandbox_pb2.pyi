@@ -86,6 +86,7 @@ class SandboxSpec(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     MEMORY_CEILING_MB_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
@@ -96,8 +97,8 @@ class SandboxSpec(_message.Message):
     """The isolation class chosen at create: "container" or "gvisor"."""
     snapshot_id: _builtins.str
     """Start from this snapshot (create from a snapshot, a fork's child, a resume) instead of the
-    template's empty layer. It also names the incarnation: a resumed sandbox's events carry it in
-    their ids, so they are not taken for repeats of the first start's.
+    template's empty layer. It also names the incarnation unless `incarnation` does: a resumed
+    sandbox's events carry it in their ids, so they are not taken for repeats of the first start's.
     """
     prefer_node: _builtins.str
     """Placement hint: the node that holds the snapshot (a fork's parent, where it was paused)."""
@@ -105,6 +106,10 @@ class SandboxSpec(_message.Message):
     """Idle seconds after which its node reports it idle (sandbox.idle); 0: never."""
     memory_ceiling_mb: _builtins.int
     """Automatic memory up to this many MB (0: a fixed limit)."""
+    incarnation: _builtins.str
+    """Names this start when snapshot_id alone does not: another try at a resume that failed starts
+    from the same snapshot as "<snapshot>~<try>". Empty: snapshot_id names it.
+    """
     @_builtins.property
     def resources(self) -> _sandbox_pb2.Resources: ...
     @_builtins.property
@@ -133,10 +138,11 @@ class SandboxSpec(_message.Message):
         network: _network_pb2.NetworkPolicy | None = ...,
         auto_sleep_after_seconds: _builtins.int = ...,
         memory_ceiling_mb: _builtins.int = ...,
+        incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "incarnation", b"incarnation", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "prefer_node", b"prefer_node", "region", b"region", "resources", b"resources", "sandbox_id", b"sandbox_id", "snapshot_id", b"snapshot_id", "template", b"template", "tenant_id", b"tenant_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

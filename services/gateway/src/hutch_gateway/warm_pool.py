@@ -14,10 +14,13 @@ row becomes the tenant's sandbox in the same transaction. No placement and no st
 answers as soon as the node has. Without a running member, or when the handover fails, the create
 starts a sandbox as usual; a member whose handover failed is retired.
 
-A gateway that dies between its node's adoption and the commit leaves a member its node holds as a
-tenant's while the database still lists it in the pool; the tenant never got it. Every
-RECONCILE_INTERVAL_S the members are checked against their nodes (NodeAgent.ListLocal) and such a
-member is retired, so that it neither runs on nor is billed to that tenant.
+A handover interrupted between its node's adoption and the commit (the gateway died, the caller
+went away, the answer timed out) leaves a member its node holds as a tenant's while the database
+still lists it in the pool; the tenant never got it. Every RECONCILE_INTERVAL_S the members are
+checked against their nodes (NodeAgent.ListLocal) and such a member is retired. Until then, seconds
+at most, it is metered to that tenant: the one window in which a tenant is billed for a sandbox it
+did not get. The tenant's row stays locked (its quota check) across the Adopt call, which takes
+milliseconds; that tenant's other creates wait that long.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ import pytest
 from conftest import node_options, running_node
 
 from hutch.core import errors
+from hutch.testing.node import run_command
 from hutch_node_agent.cgroup_limits import CgroupLimits
 from hutch_node_agent.domain import LocalSandbox, SandboxRequest
 from hutch_node_agent.memory_autoscaler import MemoryAutoscaler
 from hutch_node_agent.node import Node
-from hutch_node_agent.supervisor.client import Exited, Output
 
 pytestmark = pytest.mark.integration
 
@@ -62,15 +62,7 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
 
 
 async def run(node: Node, sandbox_id: str, cmd: str) -> tuple[int, str]:
-    out: list[str] = []
-    code = -1
-    async with await node.manager.supervisor(sandbox_id).exec({"cmd": cmd, "env": {}}) as session:
-        async for event in session:
-            if isinstance(event, Output):
-                out.append(event.data.decode(errors="replace"))
-            elif isinstance(event, Exited):
-                code = event.exit_code
-    return code, "".join(out)
+    return await run_command(node, sandbox_id, cmd)
 
 
 async def sandbox(node: Node, isolation: str, memory_mb: int, ceiling_mb: int) -> str:

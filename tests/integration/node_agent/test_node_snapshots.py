@@ -12,10 +12,10 @@ import pytest
 from conftest import node_options, running_node
 
 from hutch.core import errors
+from hutch.testing.node import run_command
 from hutch_node_agent.domain import SandboxRequest
 from hutch_node_agent.node import Node
 from hutch_node_agent.snapshots import NodeSnapshots
-from hutch_node_agent.supervisor.client import Exited, Output
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,9 @@ LISTING = (
 
 
 async def sh(node: Node, sandbox_id: str, cmd: str) -> str:
-    out: list[str] = []
-    code = -1
-    async with await node.manager.supervisor(sandbox_id).exec({"cmd": cmd, "env": {}}) as session:
-        async for event in session:
-            if isinstance(event, Output):
-                out.append(event.data.decode(errors="replace"))
-            elif isinstance(event, Exited):
-                code = event.exit_code
-    assert code == 0, "".join(out)
-    return "".join(out)
+    code, out = await run_command(node, sandbox_id, cmd)
+    assert code == 0, out
+    return out
 
 
 def new_id() -> str:

@@ -20,6 +20,7 @@ from hutch_node_agent.domain import LocalSandbox
 from hutch_node_agent.node import Node, assemble
 from hutch_node_agent.settings import NodeOptions
 from hutch_node_agent.snapshots import SnapshotStoreLink
+from hutch_node_agent.supervisor.client import Exited, Output
 
 # Each test node gets its own /24 out of this /16, apart from the default pool a local stack uses,
 # so test nodes never share addresses with each other or with a stack running beside them.
@@ -68,3 +69,16 @@ async def running_node(
         yield node
     finally:
         await node.dismantle()
+
+
+async def run_command(node: Node, sandbox_id: str, cmd: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Runs `cmd` in a sandbox of `node` through its supervisor; returns (exit code, output)."""
+    out: list[str] = []
+    code = -1
+    async with await node.manager.supervisor(sandbox_id).exec({"cmd": cmd, "env": env or {}}) as session:
+        async for event in session:
+            if isinstance(event, Output):
+                out.append(event.data.decode(errors="replace"))
+            elif isinstance(event, Exited):
+                code = event.exit_code
+    return code, "".join(out)

@@ -1,8 +1,10 @@
 """A second node-agent beside the local stack's own `local-1`, for tests of more than one node.
 
 It runs the stack's node-agent command against the same NATS, PostgreSQL and snapshot-store, with
-its own id, root folder, cgroup parent, sandbox network and gRPC port. The stack's egress-proxy
-belongs to `local-1`, so its sandboxes reach nothing outside.
+its own id, root folder, cgroup parent, sandbox network and gRPC port, all new for each instance, so
+that nothing one test leaves on the host can meet the next one's. The stack's egress-proxy belongs
+to `local-1`, so its sandboxes reach nothing outside. `retire` takes away what a node-agent leaves
+on the host by design when it stops (sandboxes, their networks and firewall, the quota volume).
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import random
+import signal
+import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +29,9 @@ from hutch.testing.eventually import eventually_sync
 
 
 class ExtraNode:
-    def __init__(self, local_stack: Any, root: Path, node_id: str = "local-2", **settings: str) -> None:
+    def __init__(self, local_stack: Any, root: Path, node_id: str = "", **settings: str) -> None:
         """`settings`: more HUTCH_NODE__* values, by their lowercase name (memory_mb="1024")."""
+        node_id = node_id or f"local-x{uuid.uuid4().hex[:6]}"
         component = local_stack._state().component("node-agent")
         env = {
             key: value
@@ -35,7 +43,8 @@ class ExtraNode:
                 "HUTCH_NODE__ID": node_id,
                 "HUTCH_NODE__ROOT_DIR": str(root),
                 "HUTCH_NODE__CGROUP_PARENT": f"hutch-{node_id}",
-                "HUTCH_NODE__SANDBOX_NETWORK": "100.97.0.0/24",
+                # Apart from the test nodes' pools (100.97.1.0/24 upwards, see hutch.testing.node).
+                "HUTCH_NODE__SANDBOX_NETWORK": f"100.97.{random.randrange(200, 255)}.0/24",
                 "HUTCH_NODE__DISK_QUOTA_MB": "512",
                 "HUTCH_NODE__VOLUME_SIZE_GB": "4",
                 "HUTCH_NODE__BUILD_BASE_TEMPLATE": "false",
@@ -94,10 +103,34 @@ class ExtraNode:
 
     def retire(self) -> None:
         """Ends the node for good: back once if it was killed (so that its fence guard stops what it
-        left running), then stopped and forgotten."""
+        left running), then stopped, forgotten and its traces on the host removed."""
         if self.handle is not None and not self.handle.alive():
             with contextlib.suppress(Exception):
                 self.start()
                 time.sleep(3)
         self.stop()
         self.forget()
+        self._clear_host()
+
+    def _clear_host(self) -> None:
+        """What the node-agent keeps across its restarts: sandboxes still running (their cgroups'
+        processes), their namespaces and links, its firewall table and its quota volume."""
+        parent = self.env["HUTCH_NODE__CGROUP_PARENT"]
+        for procs in Path("/sys/fs/cgroup").glob(f"*/{parent}/*/cgroup.procs"):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        table = "hutch_" + self.node_id.replace("-", "_")
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+        for line in names.splitlines():
+            if line.startswith(f"{table}-"):
+                subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        points = [line.split()[4] for line in mounts if len(line.split()) > 4]
+        for point in sorted((p for p in points if p.startswith(str(self.root))), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
+        for image in self.root.glob("*.img"):
+            attached = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False)
+            for device in (line.split(":", 1)[0] for line in attached.stdout.splitlines() if line):
+                subprocess.run(["losetup", "-d", device], check=False)

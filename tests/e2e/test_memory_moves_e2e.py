@@ -1,9 +1,9 @@
 """A gVisor sandbox with automatic memory whose node runs out of room is moved to a node that has
 it, with its memory and processes, instead of being capped where it is.
 
-A second node-agent, `local-2`, offers only 1200 MB; the scheduler packs (fullest node that fits
+A second node-agent (an `ExtraNode`) offers only 1200 MB; the scheduler packs (fullest node that fits
 first), so a fresh tenant's sandbox lands there. A process in it grows to 1400 MiB in steps: once
-`local-2` cannot give the next step, the sandbox is paused and resumed at the size it needs on
+the second node cannot give the next step, the sandbox is paused and resumed at the size it needs on
 `local-1`, and the process carries on where it was.
 """
 

@@ -1,5 +1,5 @@
-"""Node loss with two node-agents on one machine: the shared local stack's `local-1` and a second one,
-`local-2`, that this module starts against the same NATS and PostgreSQL.
+"""Node loss with two node-agents on one machine: the shared local stack's `local-1` and a second one (an
+`ExtraNode`, called local-2 below) that this module starts against the same NATS and PostgreSQL.
 
 `local-2` is SIGKILLed while it runs a sandbox, which keeps running as an orphan (what a network
 partition looks like from the platform). The scheduler, restarted with short grace periods, declares

@@ -1,6 +1,6 @@
 """A resume that found no room can be tried again, and succeeds once there is room.
 
-A second node-agent, `local-2`, is the only node with the `busybox` template and offers 1200 MB. A
+A second node-agent (an `ExtraNode`) is the only node with the `busybox` template and offers 1200 MB. A
 paused sandbox's room is taken by another; its resume is refused (RESOURCE_EXHAUSTED) and it stays
 paused. Once the other is killed, the next resume starts it, as its pause left it. Each try is a
 start of its own: were it not, the second try's events would be dropped as repeats of the first's

@@ -263,6 +263,13 @@ class SandboxManager:
                 sandbox.init_pid = await runtime.run_detached(sandbox.id, paths.dir, paths.log, netns)
             with _tracer.start_as_current_span("supervisor ready"):
                 await SupervisorClient(paths.socket).wait_ready(self._options.start_timeout_s)
+        if sandbox.request.memory_ceiling_mb > sandbox.request.memory_mb:
+            # Before anything of its owner runs: a process reaching the limit waits for the
+            # memory autoscaler's next look (100 ms) instead of being OOM-killed first.
+            try:
+                await asyncio.to_thread(self._limits.hold_at_limit, sandbox.id, True)
+            except errors.HutchError as exc:  # the autoscaler tries again on its first look
+                log.warning("sandbox %s: cannot hold its processes at the memory limit: %s", sandbox.id, exc.message)
         sandbox.status = "running"
         sandbox.started_at = datetime.now(UTC)
         if sandbox.request.timeout_seconds:

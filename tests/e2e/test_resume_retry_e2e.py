@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from hutch import ResourceExhaustedError, Sandbox, SandboxState
+from hutch.testing import eventually_sync
 from hutch.testing.extra_node import ExtraNode
 from hutch.testing.templates import make_busybox_template
 
@@ -52,8 +53,15 @@ def test_a_resume_refused_for_lack_of_room_succeeds_when_tried_again_later(
         assert only_node_with_busybox.holds(paused.id)
         paused.files.write("/root/kept.txt", "before the pause")
         paused.pause()
-        time.sleep(3)  # the node's next heartbeat no longer counts it
-        made.append(Sandbox.create(template="busybox", isolation="container", memory_mb=1024, **connection))
+        # Fits once the node's next heartbeat no longer counts the paused one.
+        made.append(
+            eventually_sync(
+                lambda: Sandbox.create(template="busybox", isolation="container", memory_mb=1024, **connection),
+                timeout=60,
+                interval=1.0,
+                retry_on=(ResourceExhaustedError,),
+            )
+        )
 
         with pytest.raises(ResourceExhaustedError):
             paused.resume()

@@ -126,6 +126,9 @@ class WarmPools:
         self._region = region
         self._wake = asyncio.Event()
         self._failing: set[PoolKind] = set()
+        # The kinds pooled in this region, as the last refill read them: a create of another kind
+        # (every create, where no pool is set up) costs no query.
+        self._pooled: frozenset[PoolKind] = frozenset()
 
     def kick(self) -> None:
         """Refill soon: call once a transaction that took a member has committed."""
@@ -140,7 +143,7 @@ class WarmPools:
         none is free or its handover failed (the caller then starts one). AlreadyExists when the
         name is taken, as for any create."""
         kind = wanted_kind(request, isolation, template_key)
-        if kind is None:
+        if kind is None or kind not in self._pooled:
             return None
         member = await store.lock_pool_member(
             conn, WARM_POOL_TENANT, self._region, kind.template, kind.isolation, kind.cpu_millis, kind.memory_mb
@@ -193,6 +196,7 @@ class WarmPools:
                 reason = next(f.state_reason for f in failures if kind_of(f) == kind)
                 log.warning("warm pool %s: members fail to start (%s); trying again later", kind, reason)
             self._failing = failing
+            self._pooled = frozenset(p.kind for p in pools)
             start, retire = refill_plan(pools, members, failing)
             for kind, count in start.items():
                 for _ in range(count):

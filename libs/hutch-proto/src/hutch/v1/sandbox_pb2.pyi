@@ -135,6 +135,7 @@ class Sandbox(_message.Message):
     state_reason: _builtins.str
     """Why the sandbox is FAILED or KILLED, in words a person can act on."""
     region: _builtins.str
+    """The region it runs in. Any region's gateway reaches it (see CreateSandboxRequest.region)."""
     isolation: _builtins.str
     """The isolation class it runs under: "container" or "gvisor"."""
     source_snapshot: _builtins.str
@@ -268,6 +269,7 @@ class CreateSandboxRequest(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     AUTO_SLEEP_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     MEMORY_CEILING_MB_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """Template name; "base" when empty."""
     name: _builtins.str
@@ -293,6 +295,11 @@ class CreateSandboxRequest(_message.Message):
     """Automatic memory: the sandbox starts with resources.memory_mb and its node raises the limit
     as its processes need more, up to this many MB, instead of letting the kernel OOM-kill them.
     0: a fixed limit.
+    """
+    region: _builtins.str
+    """The region to create it in. Empty: the region of the gateway called, or, when no node there
+    has room for it, the nearest region that has. INVALID_ARGUMENT for a region the installation
+    does not have.
     """
     @_builtins.property
     def resources(self) -> Global___Resources: ...
@@ -321,10 +328,11 @@ class CreateSandboxRequest(_message.Message):
         snapshot: _builtins.str = ...,
         auto_sleep_after_seconds: _builtins.int = ...,
         memory_ceiling_mb: _builtins.int = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_sleep_after_seconds", b"auto_sleep_after_seconds", "envs", b"envs", "isolation", b"isolation", "memory_ceiling_mb", b"memory_ceiling_mb", "metadata", b"metadata", "name", b"name", "network", b"network", "region", b"region", "resources", b"resources", "snapshot", b"snapshot", "template", b"template", "timeout_seconds", b"timeout_seconds", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

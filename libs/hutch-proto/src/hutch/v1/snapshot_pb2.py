@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hutch/v1/snapshot.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x02\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsandbox_id\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.hutch.v1.SnapshotKind\x12*\n\x07purpose\x18\x05 \x01(\x0e\x32\x19.hutch.v1.SnapshotPurpose\x12\x10\n\x08template\x18\x06 \x01(\t\x12\x11\n\tisolation\x18\x07 \x01(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\t \x01(\x04\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\x0b \x03(\x0b\x32\x1e.hutch.v1.Snapshot.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x14ListSnapshotsRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12+\n\x08purposes\x18\x02 \x03(\x0e\x32\x19.hutch.v1.SnapshotPurpose\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x15ListSnapshotsResponse\x12%\n\tsnapshots\x18\x01 \x03(\x0b\x32\x12.hutch.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12GetSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\")\n\x15\x44\x65leteSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteSnapshotResponse\"\x16\n\x14SnapshotUsageRequest\"e\n\rSnapshotUsage\x12\x11\n\tsnapshots\x18\x01 \x01(\r\x12\x15\n\rlogical_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_bytes\x18\x04 \x01(\x04*e\n\x0cSnapshotKind\x12\x1d\n\x19SNAPSHOT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SNAPSHOT_KIND_FILESYSTEM\x10\x01\x12\x18\n\x14SNAPSHOT_KIND_MEMORY\x10\x02*\x85\x01\n\x0fSnapshotPurpose\x12 \n\x1cSNAPSHOT_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15SNAPSHOT_PURPOSE_USER\x10\x01\x12\x1a\n\x16SNAPSHOT_PURPOSE_PAUSE\x10\x02\x12\x19\n\x15SNAPSHOT_PURPOSE_FORK\x10\x03\x32\x9c\x02\n\tSnapshots\x12G\n\x04List\x12\x1e.hutch.v1.ListSnapshotsRequest\x1a\x1f.hutch.v1.ListSnapshotsResponse\x12\x37\n\x03Get\x12\x1c.hutch.v1.GetSnapshotRequest\x1a\x12.hutch.v1.Snapshot\x12K\n\x06\x44\x65lete\x12\x1f.hutch.v1.DeleteSnapshotRequest\x1a .hutch.v1.DeleteSnapshotResponse\x12@\n\x05Usage\x12\x1e.hutch.v1.SnapshotUsageRequest\x1a\x17.hutch.v1.SnapshotUsageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hutch/v1/snapshot.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsandbox_id\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.hutch.v1.SnapshotKind\x12*\n\x07purpose\x18\x05 \x01(\x0e\x32\x19.hutch.v1.SnapshotPurpose\x12\x10\n\x08template\x18\x06 \x01(\t\x12\x11\n\tisolation\x18\x07 \x01(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\t \x01(\x04\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\x0b \x03(\x0b\x32\x1e.hutch.v1.Snapshot.LabelsEntry\x12\x0e\n\x06region\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x14ListSnapshotsRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12+\n\x08purposes\x18\x02 \x03(\x0e\x32\x19.hutch.v1.SnapshotPurpose\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x15ListSnapshotsResponse\x12%\n\tsnapshots\x18\x01 \x03(\x0b\x32\x12.hutch.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12GetSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"O\n\x13\x43opySnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x11\n\tto_region\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_region\x18\x03 \x01(\t\")\n\x15\x44\x65leteSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteSnapshotResponse\"\x16\n\x14SnapshotUsageRequest\"e\n\rSnapshotUsage\x12\x11\n\tsnapshots\x18\x01 \x01(\r\x12\x15\n\rlogical_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_bytes\x18\x04 \x01(\x04*e\n\x0cSnapshotKind\x12\x1d\n\x19SNAPSHOT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SNAPSHOT_KIND_FILESYSTEM\x10\x01\x12\x18\n\x14SNAPSHOT_KIND_MEMORY\x10\x02*\x85\x01\n\x0fSnapshotPurpose\x12 \n\x1cSNAPSHOT_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15SNAPSHOT_PURPOSE_USER\x10\x01\x12\x1a\n\x16SNAPSHOT_PURPOSE_PAUSE\x10\x02\x12\x19\n\x15SNAPSHOT_PURPOSE_FORK\x10\x03\x32\xd7\x02\n\tSnapshots\x12G\n\x04List\x12\x1e.hutch.v1.ListSnapshotsRequest\x1a\x1f.hutch.v1.ListSnapshotsResponse\x12\x37\n\x03Get\x12\x1c.hutch.v1.GetSnapshotRequest\x1a\x12.hutch.v1.Snapshot\x12K\n\x06\x44\x65lete\x12\x1f.hutch.v1.DeleteSnapshotRequest\x1a .hutch.v1.DeleteSnapshotResponse\x12@\n\x05Usage\x12\x1e.hutch.v1.SnapshotUsageRequest\x1a\x17.hutch.v1.SnapshotUsage\x12\x39\n\x04\x43opy\x12\x1d.hutch.v1.CopySnapshotRequest\x1a\x12.hutch.v1.Snapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SNAPSHOT_LABELSENTRY']._loaded_options = None
   _globals['_SNAPSHOT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SNAPSHOTKIND']._serialized_start=883
-  _globals['_SNAPSHOTKIND']._serialized_end=984
-  _globals['_SNAPSHOTPURPOSE']._serialized_start=987
-  _globals['_SNAPSHOTPURPOSE']._serialized_end=1120
+  _globals['_SNAPSHOTKIND']._serialized_start=980
+  _globals['_SNAPSHOTKIND']._serialized_end=1081
+  _globals['_SNAPSHOTPURPOSE']._serialized_start=1084
+  _globals['_SNAPSHOTPURPOSE']._serialized_end=1217
   _globals['_SNAPSHOT']._serialized_start=71
-  _globals['_SNAPSHOT']._serialized_end=431
-  _globals['_SNAPSHOT_LABELSENTRY']._serialized_start=386
-  _globals['_SNAPSHOT_LABELSENTRY']._serialized_end=431
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=433
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=556
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=558
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=645
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=647
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=685
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=687
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=728
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=730
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=754
-  _globals['_SNAPSHOTUSAGEREQUEST']._serialized_start=756
-  _globals['_SNAPSHOTUSAGEREQUEST']._serialized_end=778
-  _globals['_SNAPSHOTUSAGE']._serialized_start=780
-  _globals['_SNAPSHOTUSAGE']._serialized_end=881
-  _globals['_SNAPSHOTS']._serialized_start=1123
-  _globals['_SNAPSHOTS']._serialized_end=1407
+  _globals['_SNAPSHOT']._serialized_end=447
+  _globals['_SNAPSHOT_LABELSENTRY']._serialized_start=402
+  _globals['_SNAPSHOT_LABELSENTRY']._serialized_end=447
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=449
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=572
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=574
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=661
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=663
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=701
+  _globals['_COPYSNAPSHOTREQUEST']._serialized_start=703
+  _globals['_COPYSNAPSHOTREQUEST']._serialized_end=782
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=784
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=825
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=827
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=851
+  _globals['_SNAPSHOTUSAGEREQUEST']._serialized_start=853
+  _globals['_SNAPSHOTUSAGEREQUEST']._serialized_end=875
+  _globals['_SNAPSHOTUSAGE']._serialized_start=877
+  _globals['_SNAPSHOTUSAGE']._serialized_end=978
+  _globals['_SNAPSHOTS']._serialized_start=1220
+  _globals['_SNAPSHOTS']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

@@ -101,6 +101,7 @@ class Snapshot(_message.Message):
     STORED_BYTES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"snap-..." """
     name: _builtins.str
@@ -114,6 +115,8 @@ class Snapshot(_message.Message):
     """The size of the state it holds (filesystem layer plus memory image)."""
     stored_bytes: _builtins.int
     """What it added to the tenant's storage (compressed, after deduplication against earlier ones)."""
+    region: _builtins.str
+    """The region that stores this copy of it."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -132,10 +135,11 @@ class Snapshot(_message.Message):
         stored_bytes: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "isolation", b"isolation", "kind", b"kind", "labels", b"labels", "name", b"name", "purpose", b"purpose", "sandbox_id", b"sandbox_id", "size_bytes", b"size_bytes", "stored_bytes", b"stored_bytes", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "isolation", b"isolation", "kind", b"kind", "labels", b"labels", "name", b"name", "purpose", b"purpose", "region", b"region", "sandbox_id", b"sandbox_id", "size_bytes", b"size_bytes", "stored_bytes", b"stored_bytes", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,6 +219,34 @@ class GetSnapshotRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSnapshotRequest: _TypeAlias = GetSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class CopySnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    TO_REGION_FIELD_NUMBER: _builtins.int
+    FROM_REGION_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.str
+    """Id or name, in `from_region`."""
+    to_region: _builtins.str
+    """Where the copy goes; empty: the region of the gateway called."""
+    from_region: _builtins.str
+    """Where the snapshot is; empty: the region of the gateway called."""
+    def __init__(
+        self,
+        *,
+        snapshot: _builtins.str = ...,
+        to_region: _builtins.str = ...,
+        from_region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_region", b"from_region", "snapshot", b"snapshot", "to_region", b"to_region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopySnapshotRequest: _TypeAlias = CopySnapshotRequest  # noqa: Y015
 
 @_typing.final
 class DeleteSnapshotRequest(_message.Message):

@@ -56,6 +56,11 @@ class SnapshotsStub:
                 request_serializer=hutch_dot_v1_dot_snapshot__pb2.SnapshotUsageRequest.SerializeToString,
                 response_deserializer=hutch_dot_v1_dot_snapshot__pb2.SnapshotUsage.FromString,
                 _registered_method=True)
+        self.Copy = channel.unary_unary(
+                '/hutch.v1.Snapshots/Copy',
+                request_serializer=hutch_dot_v1_dot_snapshot__pb2.CopySnapshotRequest.SerializeToString,
+                response_deserializer=hutch_dot_v1_dot_snapshot__pb2.Snapshot.FromString,
+                _registered_method=True)
 
 
 class SnapshotsServicer:
@@ -91,6 +96,14 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Copy(self, request, context):
+        """Copies a snapshot from one region to another, where sandboxes can then be created from it
+        under the same id and name. Returns once the copy is stored; copying again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.Usage,
                     request_deserializer=hutch_dot_v1_dot_snapshot__pb2.SnapshotUsageRequest.FromString,
                     response_serializer=hutch_dot_v1_dot_snapshot__pb2.SnapshotUsage.SerializeToString,
+            ),
+            'Copy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Copy,
+                    request_deserializer=hutch_dot_v1_dot_snapshot__pb2.CopySnapshotRequest.FromString,
+                    response_serializer=hutch_dot_v1_dot_snapshot__pb2.Snapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +243,33 @@ class Snapshots:
             '/hutch.v1.Snapshots/Usage',
             hutch_dot_v1_dot_snapshot__pb2.SnapshotUsageRequest.SerializeToString,
             hutch_dot_v1_dot_snapshot__pb2.SnapshotUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Copy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.v1.Snapshots/Copy',
+            hutch_dot_v1_dot_snapshot__pb2.CopySnapshotRequest.SerializeToString,
+            hutch_dot_v1_dot_snapshot__pb2.Snapshot.FromString,
             options,
             channel_credentials,
             insecure,

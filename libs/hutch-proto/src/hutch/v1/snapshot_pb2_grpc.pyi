@@ -44,6 +44,10 @@ class SnapshotsStub:
     """
     Usage: _grpc.UnaryUnaryMultiCallable[_snapshot_pb2.SnapshotUsageRequest, _snapshot_pb2.SnapshotUsage]
     """What the tenant's snapshots hold and take up."""
+    Copy: _grpc.UnaryUnaryMultiCallable[_snapshot_pb2.CopySnapshotRequest, _snapshot_pb2.Snapshot]
+    """Copies a snapshot from one region to another, where sandboxes can then be created from it
+    under the same id and name. Returns once the copy is stored; copying again is a no-op.
+    """
 
 @_typing.type_check_only
 class SnapshotsAsyncStub(SnapshotsStub):
@@ -61,6 +65,10 @@ class SnapshotsAsyncStub(SnapshotsStub):
     """
     Usage: _aio.UnaryUnaryMultiCallable[_snapshot_pb2.SnapshotUsageRequest, _snapshot_pb2.SnapshotUsage]  # type: ignore[assignment]
     """What the tenant's snapshots hold and take up."""
+    Copy: _aio.UnaryUnaryMultiCallable[_snapshot_pb2.CopySnapshotRequest, _snapshot_pb2.Snapshot]  # type: ignore[assignment]
+    """Copies a snapshot from one region to another, where sandboxes can then be created from it
+    under the same id and name. Returns once the copy is stored; copying again is a no-op.
+    """
 
 class SnapshotsServicer(metaclass=_abc_1.ABCMeta):
     """Snapshots: a tenant's saved sandbox states. Take one with Sandboxes.Snapshot (or Pause/Fork);
@@ -99,5 +107,15 @@ class SnapshotsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_pb2.SnapshotUsage, _abc.Awaitable[_snapshot_pb2.SnapshotUsage]]:
         """What the tenant's snapshots hold and take up."""
+
+    @_abc_1.abstractmethod
+    def Copy(
+        self,
+        request: _snapshot_pb2.CopySnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_pb2.Snapshot, _abc.Awaitable[_snapshot_pb2.Snapshot]]:
+        """Copies a snapshot from one region to another, where sandboxes can then be created from it
+        under the same id and name. Returns once the copy is stored; copying again is a no-op.
+        """
 
 def add_SnapshotsServicer_to_server(servicer: SnapshotsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -586,6 +586,33 @@ class DeleteSnapshotResponse(_message.Message):
 Global___DeleteSnapshotResponse: _TypeAlias = DeleteSnapshotResponse  # noqa: Y015
 
 @_typing.final
+class ImportSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SOURCE_REGION_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    snapshot: _builtins.str
+    """Id or name, in the source region."""
+    source_region: _builtins.str
+    """The region to copy from: one of the store's configured peers."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        snapshot: _builtins.str = ...,
+        source_region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot", "source_region", b"source_region", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSnapshotRequest: _TypeAlias = ImportSnapshotRequest  # noqa: Y015
+
+@_typing.final
 class GetChunksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -84,6 +84,11 @@ class SnapshotStoreStub:
                 request_serializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.DeleteSnapshotRequest.SerializeToString,
                 response_deserializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.DeleteSnapshotResponse.FromString,
                 _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/hutch.internal.v1.SnapshotStore/Import',
+                request_serializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.ImportSnapshotRequest.SerializeToString,
+                response_deserializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.SnapshotManifest.FromString,
+                _registered_method=True)
         self.GetChunks = channel.unary_stream(
                 '/hutch.internal.v1.SnapshotStore/GetChunks',
                 request_serializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.GetChunksRequest.SerializeToString,
@@ -172,6 +177,15 @@ class SnapshotStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Import(self, request, context):
+        """Copies a committed snapshot of the tenant from another region's snapshot-store into this one,
+        keeping its id, name and metadata; only the chunks this store lacks travel. Returns the local
+        manifest; a snapshot already here is returned as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetChunks(self, request, context):
         """Chunks by hash, in the order asked, from the regional cache or S3 (at most one fetch of a
         chunk at a time, however many callers want it).
@@ -243,6 +257,11 @@ def add_SnapshotStoreServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.DeleteSnapshotRequest.FromString,
                     response_serializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.ImportSnapshotRequest.FromString,
+                    response_serializer=hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.SnapshotManifest.SerializeToString,
             ),
             'GetChunks': grpc.unary_stream_rpc_method_handler(
                     servicer.GetChunks,
@@ -491,6 +510,33 @@ class SnapshotStore:
             '/hutch.internal.v1.SnapshotStore/Delete',
             hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.DeleteSnapshotRequest.SerializeToString,
             hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutch.internal.v1.SnapshotStore/Import',
+            hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.ImportSnapshotRequest.SerializeToString,
+            hutch_dot_internal_dot_v1_dot_snapshot__store__pb2.SnapshotManifest.FromString,
             options,
             channel_credentials,
             insecure,

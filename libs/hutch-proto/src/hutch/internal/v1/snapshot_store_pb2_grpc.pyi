@@ -57,6 +57,11 @@ class SnapshotStoreStub:
     List: _grpc.UnaryUnaryMultiCallable[_snapshot_store_pb2.ListSnapshotsRequest, _snapshot_store_pb2.ListSnapshotsResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_snapshot_store_pb2.DeleteSnapshotRequest, _snapshot_store_pb2.DeleteSnapshotResponse]
     """Frees the chunks only this snapshot referenced (after the grace period)."""
+    Import: _grpc.UnaryUnaryMultiCallable[_snapshot_store_pb2.ImportSnapshotRequest, _snapshot_store_pb2.SnapshotManifest]
+    """Copies a committed snapshot of the tenant from another region's snapshot-store into this one,
+    keeping its id, name and metadata; only the chunks this store lacks travel. Returns the local
+    manifest; a snapshot already here is returned as it is.
+    """
     GetChunks: _grpc.UnaryStreamMultiCallable[_snapshot_store_pb2.GetChunksRequest, _snapshot_store_pb2.Chunk]
     """Chunks by hash, in the order asked, from the regional cache or S3 (at most one fetch of a
     chunk at a time, however many callers want it).
@@ -97,6 +102,11 @@ class SnapshotStoreAsyncStub(SnapshotStoreStub):
     List: _aio.UnaryUnaryMultiCallable[_snapshot_store_pb2.ListSnapshotsRequest, _snapshot_store_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_snapshot_store_pb2.DeleteSnapshotRequest, _snapshot_store_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
     """Frees the chunks only this snapshot referenced (after the grace period)."""
+    Import: _aio.UnaryUnaryMultiCallable[_snapshot_store_pb2.ImportSnapshotRequest, _snapshot_store_pb2.SnapshotManifest]  # type: ignore[assignment]
+    """Copies a committed snapshot of the tenant from another region's snapshot-store into this one,
+    keeping its id, name and metadata; only the chunks this store lacks travel. Returns the local
+    manifest; a snapshot already here is returned as it is.
+    """
     GetChunks: _aio.UnaryStreamMultiCallable[_snapshot_store_pb2.GetChunksRequest, _snapshot_store_pb2.Chunk]  # type: ignore[assignment]
     """Chunks by hash, in the order asked, from the regional cache or S3 (at most one fetch of a
     chunk at a time, however many callers want it).
@@ -182,6 +192,17 @@ class SnapshotStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_store_pb2.DeleteSnapshotResponse, _abc.Awaitable[_snapshot_store_pb2.DeleteSnapshotResponse]]:
         """Frees the chunks only this snapshot referenced (after the grace period)."""
+
+    @_abc_1.abstractmethod
+    def Import(
+        self,
+        request: _snapshot_store_pb2.ImportSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_store_pb2.SnapshotManifest, _abc.Awaitable[_snapshot_store_pb2.SnapshotManifest]]:
+        """Copies a committed snapshot of the tenant from another region's snapshot-store into this one,
+        keeping its id, name and metadata; only the chunks this store lacks travel. Returns the local
+        manifest; a snapshot already here is returned as it is.
+        """
 
     @_abc_1.abstractmethod
     def GetChunks(

@@ -9,12 +9,51 @@ environment stops the process with a readable error instead of a half-started se
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _REGION = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_REGION_RULE = "1-31 lowercase letters, digits or '-', starting with a letter"
+
+
+def _checked_region(value: str) -> str:
+    if not _REGION.match(value):
+        raise ValueError(f"region {value!r} must be {_REGION_RULE} (it becomes part of NATS subjects and stream names)")
+    return value
+
+
+def _region_list(value: Any) -> tuple[str, ...]:
+    """`"us-east,ap-south"` (or a sequence) as region names, in the order given."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [_checked_region(str(item).strip()) for item in items if str(item).strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a region is named twice in {value!r}")
+    return tuple(names)
+
+
+def _region_addresses(value: Any) -> dict[str, str]:
+    """`"us-east=10.0.0.5:50051,ap-south=..."` (or a mapping) as region -> host:port, in the order given."""
+    if not isinstance(value, str):
+        return dict(value)
+    addresses: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        region, sep, address = item.partition("=")
+        host, colon, port = address.strip().rpartition(":")
+        if not sep or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not REGION=HOST:PORT")
+        region = _checked_region(region.strip())
+        if region in addresses:
+            raise ValueError(f"region {region!r} is named twice")
+        addresses[region] = address.strip()
+    return addresses
+
+
+# Other regions' names, nearest first: `HUTCH_PEER_REGIONS=us-east,ap-south`.
+RegionList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_region_list)]
+# Other regions' addresses of one service, nearest first: `region=host:port,...`.
+RegionAddresses = Annotated[dict[str, str], NoDecode, BeforeValidator(_region_addresses)]
 
 
 class NatsSettings(BaseModel):
@@ -69,13 +108,23 @@ class ServiceSettings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     grpc: GrpcSettings = GrpcSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    # The installation's other regions, nearest first. Their NATS clusters are joined with this
+    # region's into one supercluster; billing reads their usage, the gateway looks for sandboxes
+    # there and sends creates there when this region has no room.
+    peer_regions: RegionList = ()
 
     @field_validator("region")
     @classmethod
     def _region_is_a_subject_token(cls, value: str) -> str:
-        if not _REGION.match(value):
-            raise ValueError(
-                "region must be 1-31 lowercase letters, digits or '-', starting with a letter "
-                "(it becomes part of NATS subjects and stream names)"
-            )
+        return _checked_region(value)
+
+    @field_validator("peer_regions")
+    @classmethod
+    def _peers_exclude_this_region(cls, value: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        if info.data.get("region") in value:
+            raise ValueError(f"peer_regions names this service's own region {info.data['region']!r}")
         return value
+
+    def all_regions(self) -> tuple[str, ...]:
+        """This region, then its peers nearest first."""
+        return (self.region, *self.peer_regions)

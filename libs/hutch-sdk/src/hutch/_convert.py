@@ -128,6 +128,7 @@ def create_request(
     snapshot: str | None = None,
     auto_sleep_after: float | None = None,
     memory_ceiling: int | None = None,
+    region: str | None = None,
 ) -> sandbox_pb2.CreateSandboxRequest:
     """Builds the request `Sandbox.create` sends; see there for the arguments.
 
@@ -146,6 +147,7 @@ def create_request(
         trust=trust or "",
         snapshot=snapshot or "",
         auto_sleep_after_seconds=idle_seconds(auto_sleep_after),
+        region=region or "",
     )
 
 

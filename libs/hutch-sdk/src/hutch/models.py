@@ -205,6 +205,7 @@ class SnapshotInfo:
         stored_bytes: What it added to your storage (compressed, after deduplication).
         created_at: When it was taken.
         labels: The key/value pairs given when it was taken.
+        region: The region that stores this copy of it (`copy()` makes one in another region).
     """
 
     id: str
@@ -218,6 +219,7 @@ class SnapshotInfo:
     stored_bytes: int
     created_at: datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    region: str = ""
 
     @classmethod
     def from_proto(cls, message: snapshot_pb2.Snapshot) -> SnapshotInfo:
@@ -234,6 +236,7 @@ class SnapshotInfo:
             stored_bytes=message.stored_bytes,
             created_at=_time(message.created_at, message.HasField("created_at")),
             labels=dict(message.labels),
+            region=message.region,
         )
 
 

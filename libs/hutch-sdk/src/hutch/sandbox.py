@@ -255,6 +255,7 @@ class AsyncSandbox:
         network: NetworkSpec | None = None,
         auto_sleep_after: float | None = None,
         memory_ceiling_mb: int | None = None,
+        region: str | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -285,6 +286,9 @@ class AsyncSandbox:
                 terminal, stream or preview connection and almost no CPU: its memory (gVisor) and
                 files are kept and its CPU and memory freed; the next request wakes it. None: never.
             memory_ceiling_mb: With it, memory grows automatically from `memory_mb` up to this.
+            region: The region to run it in. None: the region of the gateway you call, or, when
+                none of its nodes has room, the nearest region that has. Every region's gateway
+                reaches it afterwards (`SandboxInfo.region` says where it runs).
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -317,6 +321,7 @@ class AsyncSandbox:
             snapshot=snapshot,
             auto_sleep_after=auto_sleep_after,
             memory_ceiling=memory_ceiling_mb,
+            region=region,
         )
         request.network.CopyFrom(policy_message(network))
         source = f"snapshot {snapshot!r}" if snapshot else f"template {template or 'base'!r}"
@@ -792,6 +797,7 @@ class Sandbox:
         network: NetworkSpec | None = None,
         auto_sleep_after: float | None = None,
         memory_ceiling_mb: int | None = None,
+        region: str | None = None,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -822,6 +828,9 @@ class Sandbox:
                 terminal, stream or preview connection and almost no CPU: its memory (gVisor) and
                 files are kept and its CPU and memory freed; the next request wakes it. None: never.
             memory_ceiling_mb: With it, memory grows automatically from `memory_mb` up to this.
+            region: The region to run it in. None: the region of the gateway you call, or, when
+                none of its nodes has room, the nearest region that has. Every region's gateway
+                reaches it afterwards (`SandboxInfo.region` says where it runs).
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for this and each later call on the sandbox (not for
@@ -857,6 +866,7 @@ class Sandbox:
                     network=network,
                     auto_sleep_after=auto_sleep_after,
                     memory_ceiling_mb=memory_ceiling_mb,
+                    region=region,
                     api_key=api_key,
                     endpoint=endpoint,
                     request_timeout=request_timeout,

@@ -170,6 +170,38 @@ class AsyncSnapshot:
             )
 
     @staticmethod
+    async def copy(
+        snapshot: str,
+        to_region: str | None = None,
+        *,
+        from_region: str | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        request_timeout: float | None = None,
+    ) -> SnapshotInfo:
+        """Copies a snapshot to another region, where sandboxes can then start from it under the same
+        id and name (`Sandbox.create(snapshot=..., region=to_region)`). Returns once the copy is
+        stored; only what the other region lacks travels, and copying again costs nothing.
+
+        Args:
+            snapshot: Its id or name in `from_region`.
+            to_region: Where the copy goes; None: the region of the gateway you call.
+            from_region: Where the snapshot is; None: the region of the gateway you call.
+
+        Raises:
+            NotFoundError: You have no such snapshot in `from_region`.
+            InvalidArgumentError: A region the installation does not have, or both regions the same.
+            UnavailableError: One of the regions cannot be reached.
+        """
+        request = snapshot_pb2.CopySnapshotRequest(
+            snapshot=snapshot, to_region=to_region or "", from_region=from_region or ""
+        )
+        where = f"copy snapshot {snapshot} to {to_region or 'this region'}"
+        async with _SnapshotConnection(resolve(api_key, endpoint, request_timeout)) as connection:
+            message = await connection.unary(where, connection.snapshots.Copy, request)
+        return SnapshotInfo.from_proto(message)
+
+    @staticmethod
     async def usage(
         *, api_key: str | None = None, endpoint: str | None = None, request_timeout: float | None = None
     ) -> SnapshotUsage:
@@ -182,7 +214,7 @@ class AsyncSnapshot:
 
 
 class Snapshot:
-    """Takes, lists, describes and deletes snapshots (blocking; see `AsyncSnapshot` for the arguments)."""
+    """Takes, lists, describes, copies and deletes snapshots (blocking; see `AsyncSnapshot` for the arguments)."""
 
     @staticmethod
     def create(
@@ -238,6 +270,28 @@ class Snapshot:
     ) -> None:
         """Deletes a snapshot by id or name (refused while it holds a paused sandbox)."""
         PORTAL.run(AsyncSnapshot.delete(snapshot, api_key=api_key, endpoint=endpoint, request_timeout=request_timeout))
+
+    @staticmethod
+    def copy(
+        snapshot: str,
+        to_region: str | None = None,
+        *,
+        from_region: str | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        request_timeout: float | None = None,
+    ) -> SnapshotInfo:
+        """Copies a snapshot to another region; returns once the copy is stored."""
+        return PORTAL.run(
+            AsyncSnapshot.copy(
+                snapshot,
+                to_region,
+                from_region=from_region,
+                api_key=api_key,
+                endpoint=endpoint,
+                request_timeout=request_timeout,
+            )
+        )
 
     @staticmethod
     def usage(

@@ -42,6 +42,9 @@ from hutch_gateway.node_snapshots import NodeSnapshotCalls
 from hutch_gateway.preview import PreviewSite, derive_secret
 from hutch_gateway.preview_edge import PreviewEdge
 from hutch_gateway.projection import SandboxProjection
+from hutch_gateway.region_index import SandboxIndex
+from hutch_gateway.region_peers import PeerGateways
+from hutch_gateway.region_router import RegionRouter
 from hutch_gateway.resize import SandboxResizer
 from hutch_gateway.sandbox_snapshots import SandboxSnapshots
 from hutch_gateway.secrets_proxy import BrokerChannel, SecretsProxy
@@ -92,6 +95,8 @@ async def run(settings: GatewaySettings) -> None:
             node_snapshots = NodeSnapshotCalls(channels, nodes, options.snapshot_timeout_s)
             janitor = SnapshotJanitor(snapshot_store, node_snapshots)
             pools = WarmPools(pool, relay, nodes, channels, region)
+            peers = PeerGateways(region, options.peer_gateways, settings.grpc.max_message_bytes)
+            index = SandboxIndex(region, peers.regions, bus.kv, bus.js.key_value)
             service = SandboxService(
                 pool,
                 relay,
@@ -103,6 +108,7 @@ async def run(settings: GatewaySettings) -> None:
                 snapshots=snapshot_store,
                 janitor=janitor,
                 pools=pools,
+                index=index,
             )
             sandbox_snapshots = SandboxSnapshots(
                 pool, relay, feed, service, node_snapshots, snapshot_store, janitor, options, region
@@ -167,6 +173,7 @@ async def run(settings: GatewaySettings) -> None:
                         "hutch.v1.Snapshots",
                     ),
                 ],
+                interceptors=[RegionRouter(index, peers, auth)] if peers.regions else [],
             )
             projection = ConsumerSpec(
                 stream=sandbox_stream(region),
@@ -188,7 +195,12 @@ async def run(settings: GatewaySettings) -> None:
                     options.preview_host, options.preview_port
                 )
                 log.info("preview edge on %s:%d for *.%s", options.preview_host, options.preview_port, preview.domain)
-            log.info("gateway serving on port %d (region %s)", server.port, region)
+            log.info(
+                "gateway serving on port %d (region %s; other regions: %s)",
+                server.port,
+                region,
+                ", ".join(peers.regions) or "none",
+            )
             try:
                 await supervise(
                     shutdown,
@@ -211,6 +223,7 @@ async def run(settings: GatewaySettings) -> None:
                     ),
                     bus.consume(sleep.consumer(region), sleep.SleepConsumer(sandbox_snapshots), shutdown),
                     bus.consume(moves.consumer(region), moves.MoveConsumer(sandbox_snapshots), shutdown),
+                    *([index.run_sync(lambda: store.live_in_region(pool, region), shutdown)] if peers.regions else []),
                 )
             finally:
                 if edge is not None:
@@ -221,3 +234,4 @@ async def run(settings: GatewaySettings) -> None:
                 await billing.close()
                 await broker.close()
                 await snapshot_store.close()
+                await peers.close()

@@ -83,9 +83,12 @@ PURPOSE_TO_STORE: dict[int, snapshot_store_pb2.SnapshotPurpose.ValueType] = {
 }
 
 
-def snapshot(manifest: snapshot_store_pb2.SnapshotManifest, template: str, isolation: str) -> snapshot_pb2.Snapshot:
+def snapshot(
+    manifest: snapshot_store_pb2.SnapshotManifest, template: str, isolation: str, region: str
+) -> snapshot_pb2.Snapshot:
     """The public view of a stored snapshot (`template` and `isolation` read from its spec)."""
     message = snapshot_pb2.Snapshot(
+        region=region,
         id=manifest.id,
         name=manifest.name,
         sandbox_id=manifest.sandbox_id,

@@ -34,6 +34,14 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 SANDBOX_ID_PREFIX = "sb-"
 
 
+class SandboxNotFound(errors.NotFound):
+    """The tenant has no sandbox `ref` in this region (another region may hold it)."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"sandbox {ref!r} not found" if ref else "no sandbox given: pass its id or name")
+        self.ref = ref
+
+
 class State(StrEnum):
     PENDING = "pending"
     RUNNING = "running"

@@ -37,6 +37,7 @@ from hutch_gateway.auth import Authenticator, key_from_metadata
 from hutch_gateway.dataplane import NodeChannels
 from hutch_gateway.domain import Limits, validate_create
 from hutch_gateway.network_rules import network_lists
+from hutch_gateway.region_placement import PLACEMENT
 from hutch_gateway.resize import SandboxResizer
 from hutch_gateway.resize_rules import validate_resize
 from hutch_gateway.sandbox_snapshots import SandboxSnapshots
@@ -73,6 +74,12 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
 
     async def Create(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = await self._tenant(context)
+        if request.region and request.region != self._service.region:
+            # Another region's name reaches here only when this installation has no such region.
+            raise errors.InvalidArgument(
+                f"region {request.region!r} is not one of this installation's (this gateway serves "
+                f"{self._service.region!r} and knows no other regions)"
+            )
         create = validate_create(
             template=request.template,
             name=request.name,
@@ -89,7 +96,7 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
             auto_sleep_after_s=request.auto_sleep_after_seconds,
             memory_ceiling_mb=request.memory_ceiling_mb,
         )
-        return convert.sandbox(await self._service.create(tenant, create))
+        return convert.sandbox(await self._service.create(tenant, create, PLACEMENT.get()))
 
     async def Get(self, request: sandbox_pb2.GetSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = await self._tenant(context)
@@ -138,7 +145,7 @@ class SandboxesServicer(_Authenticated, sandbox_pb2_grpc.SandboxesServicer):
     async def Snapshot(self, request: sandbox_pb2.SnapshotSandboxRequest, context: Context) -> snapshot_pb2.Snapshot:
         tenant = await self._tenant(context)
         manifest = await self._snapshots.snapshot(tenant, request.sandbox, request.name, dict(request.labels))
-        return describe(manifest)
+        return describe(manifest, self._service.region)
 
     async def Pause(self, request: sandbox_pb2.PauseSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = await self._tenant(context)
@@ -192,6 +199,16 @@ class SnapshotsServicer(_Authenticated, snapshot_pb2_grpc.SnapshotsServicer):
     async def Usage(self, request: snapshot_pb2.SnapshotUsageRequest, context: Context) -> snapshot_pb2.SnapshotUsage:
         tenant = await self._tenant(context)
         return await self._catalog.usage(tenant)
+
+    async def Copy(self, request: snapshot_pb2.CopySnapshotRequest, context: Context) -> snapshot_pb2.Snapshot:
+        tenant = await self._tenant(context)
+        # A copy into another region is passed to that region's gateway before it gets here.
+        if request.to_region and request.to_region != self._catalog.region:
+            raise errors.InvalidArgument(
+                f"region {request.to_region!r} is not one of this installation's "
+                f"(this gateway serves {self._catalog.region!r} and knows no other regions)"
+            )
+        return await self._catalog.copy(tenant, request.snapshot, request.from_region)
 
 
 class _Proxy(_Authenticated):

@@ -272,6 +272,8 @@ class SandboxSnapshots:
             raise
         self._relay.kick()
         children = await asyncio.gather(*(self._started(child_id) for child_id in child_ids))
+        for child in children:
+            await self._sandboxes.remember(child)
         failed = [child for child in children if child.state == State.FAILED]
         if failed:
             await self._kill_quietly(tenant_id, [c for c in children if not c.state.ended])

@@ -26,6 +26,7 @@ from hutch_gateway.domain import (
     SANDBOX_ID_PREFIX,
     CreateRequest,
     Limits,
+    SandboxNotFound,
     SandboxRecord,
     State,
     new_id,
@@ -33,6 +34,8 @@ from hutch_gateway.domain import (
 from hutch_gateway.isolation import choose_isolation
 from hutch_gateway.janitor import SnapshotJanitor
 from hutch_gateway.preview import DEFAULT_LIFETIME_S, MAX_LIFETIME_S, Grant, PreviewSite, sign
+from hutch_gateway.region_index import SandboxIndex
+from hutch_gateway.region_placement import Placement, check_room
 from hutch_gateway.routes import RouteCache
 from hutch_gateway.settings import GatewayOptions
 from hutch_gateway.snapshot_rules import not_running, parse_spec, restore_request
@@ -80,7 +83,9 @@ class SandboxService:
         snapshots: SnapshotStoreChannel | None = None,
         janitor: SnapshotJanitor | None = None,
         pools: WarmPools | None = None,
+        index: SandboxIndex | None = None,
     ) -> None:
+        self._index = index
         self._pools = pools
         self._preview = preview
         self._snapshots = snapshots
@@ -95,7 +100,15 @@ class SandboxService:
         feed.on_change(self._routes.forget)
         self._wake: Waker | None = None
 
-    async def create(self, tenant_id: str, request: CreateRequest) -> SandboxRecord:
+    @property
+    def region(self) -> str:
+        return self._region
+
+    async def create(
+        self, tenant_id: str, request: CreateRequest, placement: Placement = Placement.HERE
+    ) -> SandboxRecord:
+        """Creates a sandbox and waits until it runs; `placement` says what to do when this region has
+        no room for it (see `region_placement`)."""
         restore = await self._restore(tenant_id, request) if request.snapshot else None
         if restore is not None:
             request = restore.request
@@ -114,6 +127,8 @@ class SandboxService:
             if restore is None and self._pools is not None:
                 warm = await self._pools.hand_over(conn, tenant_id, request, isolation, template_key)
             if warm is None:
+                if restore is None:
+                    check_room(placement, self._nodes.alive(), self._region, isolation, request.memory_mb)
                 record = await store.insert_sandbox(
                     conn,
                     sandbox_id,
@@ -132,6 +147,7 @@ class SandboxService:
         self._relay.kick()
         if warm is not None and self._pools is not None:
             self._pools.kick()  # the member taken is replaced at once
+            await self.remember(warm)
             return warm  # running already: nothing to place or wait for
         record = await self._feed.wait_until(
             sandbox_id,
@@ -142,7 +158,13 @@ class SandboxService:
         )
         if record.state == State.FAILED:
             raise record.error()
+        await self.remember(record)
         return record
+
+    async def remember(self, record: SandboxRecord) -> None:
+        """Puts a new sandbox in the cross-region index, so other regions' gateways find it at once."""
+        if self._index is not None:
+            await self._index.record(record)
 
     async def _restore(self, tenant_id: str, request: CreateRequest) -> Restore:
         """Looks the snapshot up (NOT_FOUND for another tenant's) and completes the request from it."""
@@ -182,7 +204,7 @@ class SandboxService:
     async def get(self, tenant_id: str, ref: str) -> SandboxRecord:
         record = await store.find(self._db, tenant_id, ref) if ref else None
         if record is None:
-            raise errors.NotFound(f"sandbox {ref!r} not found" if ref else "no sandbox given: pass its id or name")
+            raise SandboxNotFound(ref)
         return record
 
     async def list(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
-from hutch.core.config import ServiceSettings
+from hutch.core.config import RegionAddresses, ServiceSettings
 from hutch_gateway.quotas import Quota
 
 
@@ -55,6 +55,10 @@ class GatewayOptions(BaseModel):
     snapshot_store_address: str = ""
     # How long a node may take to capture a sandbox (and, for Snapshot, to store it).
     snapshot_timeout_s: float = Field(default=600.0, gt=0)
+    # The gateways of the installation's other regions, nearest first: `us-east=10.0.0.5:50051,...`.
+    # Calls for sandboxes they hold are passed to them, and creates go to them when this region has
+    # no room. Empty: a single-region installation.
+    peer_gateways: RegionAddresses = Field(default_factory=dict)
 
 
 class GatewaySettings(ServiceSettings):

@@ -20,14 +20,15 @@ from hutch_gateway.snapshot_store import SnapshotStoreChannel
 MAX_PAGE_SIZE = 1000
 
 
-def describe(manifest: snapshot_store_pb2.SnapshotManifest) -> snapshot_pb2.Snapshot:
-    """The public Snapshot for a manifest; a spec the gateway cannot read leaves template and class empty."""
+def describe(manifest: snapshot_store_pb2.SnapshotManifest, region: str) -> snapshot_pb2.Snapshot:
+    """The public Snapshot for a manifest stored in `region`; a spec the gateway cannot read leaves
+    template and class empty."""
     memory = manifest.kind == snapshot_store_pb2.SNAPSHOT_KIND_MEMORY
     try:
         spec = parse_spec(manifest.spec, memory=memory, snapshot_id=manifest.id)
     except errors.Internal:
-        return convert.snapshot(manifest, "", "")
-    return convert.snapshot(manifest, spec.template, spec.isolation)
+        return convert.snapshot(manifest, "", "", region)
+    return convert.snapshot(manifest, spec.template, spec.isolation, region)
 
 
 class SnapshotCatalog:
@@ -42,6 +43,7 @@ class SnapshotCatalog:
         self._store = snapshot_store
         self._sandboxes = sandboxes
         self._janitor = janitor
+        self._region = sandboxes.region
 
     async def list(
         self, tenant_id: str, sandbox: str, purposes: list[int], page_size: int, page_token: str
@@ -57,11 +59,26 @@ class SnapshotCatalog:
             page_token=page_token,
         )
         return snapshot_pb2.ListSnapshotsResponse(
-            snapshots=[describe(m) for m in found.snapshots], next_page_token=found.next_page_token
+            snapshots=[describe(m, self._region) for m in found.snapshots], next_page_token=found.next_page_token
         )
 
     async def get(self, tenant_id: str, ref: str) -> snapshot_pb2.Snapshot:
-        return describe(await self._manifest(tenant_id, ref))
+        return describe(await self._manifest(tenant_id, ref), self._region)
+
+    @property
+    def region(self) -> str:
+        return self._region
+
+    async def copy(self, tenant_id: str, ref: str, from_region: str) -> snapshot_pb2.Snapshot:
+        """Brings the tenant's snapshot `ref` of `from_region` into this region (a no-op when it is here)."""
+        if not ref:
+            raise errors.InvalidArgument("no snapshot given: pass its id or name")
+        if not from_region or from_region == self._region:
+            raise errors.InvalidArgument(
+                f"the snapshot is to be copied into region {self._region!r}: name the region it is in (from_region)"
+            )
+        self._store.require()
+        return describe(await self._store.import_from(tenant_id, ref, from_region), self._region)
 
     async def delete(self, tenant_id: str, ref: str) -> None:
         # Checked before the lookup too: a pause snapshot may still be uploading, and the store does

@@ -77,6 +77,12 @@ class SnapshotStoreChannel:
         )
         return await self._unary(self._stub().List(request, metadata=self._metadata(), timeout=self._timeout_s))
 
+    async def import_from(self, tenant_id: str, snapshot: str, source_region: str) -> pb.SnapshotManifest:
+        """Copies the tenant's snapshot from `source_region`'s store into this region's; no timeout:
+        it takes as long as its bytes take to travel."""
+        request = pb.ImportSnapshotRequest(tenant_id=tenant_id, snapshot=snapshot, source_region=source_region)
+        return await self._unary(self._stub().Import(request, metadata=self._metadata()))
+
     async def delete(self, tenant_id: str, snapshot: str) -> None:
         request = pb.DeleteSnapshotRequest(tenant_id=tenant_id, snapshot=snapshot)
         await self._unary(self._stub().Delete(request, metadata=self._metadata(), timeout=self._timeout_s))

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from hutch.core import errors
+from hutch.core.warm_pool import WARM_POOL_TENANT
 from hutch_gateway.domain import CreateRequest, SandboxRecord, State
 from hutch_gateway.isolation import IsolationPolicy
 from hutch_gateway.network_rules import lists_from
@@ -514,6 +515,17 @@ async def own_sandboxes_by_node(db: asyncpg.Pool, tenant_id: str) -> dict[str, l
 
 
 # -- warm pools (see warm_pool.py) ---------------------------------------------------------------
+
+
+async def live_in_region(db: asyncpg.Pool | asyncpg.Connection, region: str) -> list[SandboxRecord]:
+    """Every live sandbox of the region (the warm pool's aside), for the cross-region index."""
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM sandboxes WHERE region = $1 AND tenant_id <> $2 "
+        "AND state IN ('pending', 'running', 'stopping', 'paused')",
+        region,
+        WARM_POOL_TENANT,
+    )
+    return [_record(row) for row in rows]
 
 
 async def pool_members(conn: asyncpg.Connection, region: str, tenant_id: str) -> list[SandboxRecord]:

@@ -274,11 +274,13 @@ async def serve(
     settings: GrpcSettings,
     register: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
     internal_token: str | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
 ) -> Server:
     """Starts a server with the given servicers.
 
     `register` holds (add_XServicer_to_server, servicer, full service name) triples. When
-    `internal_token` is given, every call must carry it (see `internal_metadata`).
+    `internal_token` is given, every call must carry it (see `internal_metadata`). `interceptors` run
+    inside the standard one: they see the handlers' domain errors, and theirs are mapped like any.
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -288,7 +290,7 @@ async def serve(
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    server = grpc.aio.server(interceptors=[_Interceptor(internal_token)], options=options)
+    server = grpc.aio.server(interceptors=[_Interceptor(internal_token), *interceptors], options=options)
     names = []
     for add, servicer, name in register:
         add(servicer, server)

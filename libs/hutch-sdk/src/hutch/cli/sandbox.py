@@ -63,6 +63,10 @@ def create(
         float | None,
         typer.Option(help="Sleep after this many idle seconds (state kept; the next request wakes it)."),
     ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(help="Region to run it in (default: this gateway's, or the nearest with room)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a sandbox and print its id once it runs."""
@@ -79,6 +83,7 @@ def create(
             trust=trust,
             snapshot=snapshot,
             auto_sleep_after=auto_sleep_after,
+            region=region,
         )
     try:
         if json_output:

@@ -1,4 +1,4 @@
-"""`hutch snapshot`: take, list, inspect and delete snapshots."""
+"""`hutch snapshot`: take, list, inspect, copy and delete snapshots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hutch import NotFoundError, SandboxError, Snapshot, SnapshotInfo
 from hutch.cli._shared import EXIT_ERROR, error_line, out, parse_pairs, print_json, when
 from hutch.cli._waiting import size, waiting
 
-app = typer.Typer(name="snapshot", help="Take, list, inspect and delete snapshots.", no_args_is_help=True)
+app = typer.Typer(name="snapshot", help="Take, list, inspect, copy and delete snapshots.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 PURPOSES = ("user", "pause", "fork")
@@ -98,11 +98,32 @@ def get(
         ("size", size(info.size_bytes)),
         ("stored", size(info.stored_bytes)),
         ("created", when(info.created_at)),
+        ("region", info.region or "-"),
     ]
     rows.extend((f"label.{key}", value) for key, value in sorted(info.labels.items()))
     for key, value in rows:
         table.add_row(Text(key, style="bold"), Text(value))
     out.print(table)
+
+
+@app.command()
+def copy(
+    snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id or name.")],
+    to_region: Annotated[
+        str | None, typer.Option("--to", metavar="REGION", help="Where the copy goes (default: this gateway's).")
+    ] = None,
+    from_region: Annotated[
+        str | None, typer.Option("--from", metavar="REGION", help="Where the snapshot is (default: this gateway's).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Copy a snapshot to another region, where `hutch sandbox create --snapshot` can then use it."""
+    with waiting(f"copying {snapshot} to {to_region or 'this region'}"):
+        info = Snapshot.copy(snapshot, to_region, from_region=from_region)
+    if json_output:
+        print_json(info)
+    else:
+        out.print(f"{info.id} in {info.region}")
 
 
 @app.command()

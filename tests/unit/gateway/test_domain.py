@@ -1,7 +1,9 @@
+import re
+
 import pytest
 
 from hutch.core import errors
-from hutch_gateway.domain import Limits, new_id, next_incarnation, start_snapshot, validate_create
+from hutch_gateway.domain import Limits, new_id, next_incarnation, start_snapshot, tenant_id_for, validate_create
 
 LIMITS = Limits(max_cpu_millis=8000, max_memory_mb=16384)
 
@@ -68,3 +70,10 @@ def test_the_first_start_from_a_snapshot_is_named_by_it_and_each_try_after_a_fai
     assert next_incarnation("snap-a~2", "snap-a") == "snap-a~3"
     assert next_incarnation("snap-a~3", "snap-b") == "snap-b"  # paused again since: a new snapshot
     assert [start_snapshot(i) for i in ("", "snap-a", "snap-a~3")] == ["", "snap-a", "snap-a"]
+
+
+def test_a_tenants_id_follows_from_its_name_alone() -> None:
+    # Every region derives the same id for a tenant, so its sandboxes and usage meet under one id.
+    assert tenant_id_for("acme") == tenant_id_for("acme")
+    assert tenant_id_for("acme") != tenant_id_for("acme-2")
+    assert re.fullmatch(r"tn-[a-z2-7]{20}", tenant_id_for("acme"))

@@ -25,6 +25,12 @@ async def _run(settings: GatewaySettings, args: argparse.Namespace) -> int:
         await db.migrate(pool, SCHEMA, [*outbox.MIGRATIONS, *db.load_migrations("hutch_gateway", SCHEMA)])
         if args.command in ("create-tenant", "create-key"):
             print(await tenants.create_key(pool, args.name))  # noqa: T201
+        elif args.command == "add-key":
+            try:
+                await tenants.add_existing_key(pool, args.name, sys.stdin.readline().strip())
+            except errors.InvalidArgument as exc:
+                print(exc.message, file=sys.stderr)  # noqa: T201
+                return 1
         elif args.command == "set-policy":
             policy = IsolationPolicy(frozenset(args.allow), args.default_trust)
             if not await store.set_isolation_policy(pool, args.name, policy):
@@ -87,6 +93,11 @@ def main(argv: list[str]) -> int:
         ("create-key", "print a new API key for an existing (or new) tenant"),
     ):
         sub.add_parser(command, help=text).add_argument("name", help="tenant name: lowercase letters, digits, '-'")
+    sub.add_parser(
+        "add-key",
+        help="make an API key another region created (read from standard input) work in this region too, "
+        "creating the tenant here if needed",
+    ).add_argument("name", help="tenant name")
     policy = sub.add_parser("set-policy", help="set which isolation classes a tenant may use")
     policy.add_argument("name", help="tenant name")
     policy.add_argument(

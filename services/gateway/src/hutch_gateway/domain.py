@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ LIVE_STATES = (State.PENDING, State.RUNNING, State.STOPPING, State.PAUSED)
 
 def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+def tenant_id_for(name: str) -> str:
+    """The id of the tenant called `name`: the same in every region, with no coordination, so a
+    tenant's sandboxes, index entries and usage carry one id wherever they are."""
+    digest = hashlib.sha256(f"hutch-tenant:{name}".encode()).digest()
+    return "tn-" + "".join(_ID_ALPHABET[byte % len(_ID_ALPHABET)] for byte in digest[:20])
 
 
 def start_snapshot(incarnation: str) -> str:

@@ -18,8 +18,10 @@ from hutch.snapshots.cache import observe as observe_cache
 from hutch_snapshot_store.chunks import ChunkStore
 from hutch_snapshot_store.gc import GarbageCollector
 from hutch_snapshot_store.grpc_api import SnapshotStoreServicer
+from hutch_snapshot_store.importer import Importer
 from hutch_snapshot_store.keys import Keyring
 from hutch_snapshot_store.objects import ObjectStore
+from hutch_snapshot_store.peers import PeerStores
 from hutch_snapshot_store.service import SnapshotService
 from hutch_snapshot_store.settings import SnapshotStoreSettings
 
@@ -55,6 +57,7 @@ async def running(settings: SnapshotStoreSettings) -> AsyncIterator[Running]:
     options = settings.snapshot_store
     objects = ObjectStore(settings.s3, options.s3_concurrency, options.s3_timeout_s)
     cpu = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="chunk-cpu")
+    peers = PeerStores(options.peer_stores, settings.internal_token.get_secret_value())
     try:
         async with db.pool(settings.postgres, SCHEMA) as pool:
             await db.migrate(pool, SCHEMA, db.load_migrations("hutch_snapshot_store", SCHEMA))
@@ -69,7 +72,8 @@ async def running(settings: SnapshotStoreSettings) -> AsyncIterator[Running]:
             chunks = ChunkStore(pool, objects, keys, cache, cpu, options.orphan_grace_s)
             gc = GarbageCollector(pool, objects, chunks, options.gc_grace_s, options.gc_batch)
             service = SnapshotService(pool, chunks, gc, options.pending_lease_s)
-            servicer = SnapshotStoreServicer(service, options.max_hashes_per_call, options.max_page_size)
+            importer = Importer(service, peers)
+            servicer = SnapshotStoreServicer(service, importer, options.max_hashes_per_call, options.max_page_size)
             server = await serve(
                 settings.grpc,
                 [(snapshot_store_pb2_grpc.add_SnapshotStoreServicer_to_server, servicer, SERVICE_NAME)],
@@ -79,6 +83,7 @@ async def running(settings: SnapshotStoreSettings) -> AsyncIterator[Running]:
                 yield Running(server, service, gc)
             finally:
                 await server.stop()
+                await peers.close()
     finally:
         cpu.shutdown(wait=False, cancel_futures=True)
         objects.close()

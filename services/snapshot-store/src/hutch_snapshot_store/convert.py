@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from hutch.core import errors
 from hutch.internal.v1 import snapshot_store_pb2 as pb
-from hutch_snapshot_store.domain.model import Snapshot, Stream, TenantUsage
+from hutch_snapshot_store.domain import validation
+from hutch_snapshot_store.domain.model import CopyParams, Snapshot, Stream, TenantUsage
 
 
 def timestamp(moment: object) -> Timestamp:
@@ -46,3 +50,25 @@ def usage(value: TenantUsage) -> pb.TenantUsageResponse:
         chunks=value.chunks,
         cached_bytes=value.cached_bytes,
     )
+
+
+def copy_params(source: pb.SnapshotManifest, tenant_id: str, source_region: str) -> CopyParams:
+    """What a copy of another region's manifest keeps: id, metadata and creation time, checked as a
+    Begin of this store would check them."""
+    if source.tenant_id != tenant_id or not validation.is_snapshot_id(source.id):
+        raise errors.Internal(f"region {source_region} answered with a manifest that is not the one asked for")
+    params = validation.begin(
+        tenant_id,
+        source.sandbox_id,
+        source.name,
+        source.kind,
+        source.purpose,
+        source.parent_id,
+        source.spec,
+        source.labels,
+    )
+    return CopyParams(source.id, params, source.created_at.ToDatetime(tzinfo=UTC), source_region)
+
+
+def streams(source: pb.SnapshotManifest) -> tuple[Stream, ...]:
+    return validation.streams((s.name, [(c.hash, c.size) for c in s.chunks], s.size) for s in source.streams)

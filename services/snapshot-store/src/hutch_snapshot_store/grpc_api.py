@@ -12,6 +12,7 @@ from hutch.internal.v1 import snapshot_store_pb2_grpc
 from hutch_snapshot_store import convert
 from hutch_snapshot_store.domain import validation
 from hutch_snapshot_store.domain.model import IncomingChunk, ListQuery
+from hutch_snapshot_store.importer import Importer
 from hutch_snapshot_store.service import SnapshotService
 
 # The longest a Get may wait for a snapshot that is still being written.
@@ -19,8 +20,11 @@ MAX_WAIT_MS = 300_000
 
 
 class SnapshotStoreServicer(snapshot_store_pb2_grpc.SnapshotStoreServicer):
-    def __init__(self, service: SnapshotService, max_hashes_per_call: int, max_page_size: int) -> None:
+    def __init__(
+        self, service: SnapshotService, importer: Importer, max_hashes_per_call: int, max_page_size: int
+    ) -> None:
         self._service = service
+        self._importer = importer
         self._max_hashes = max_hashes_per_call
         self._max_page = max_page_size
 
@@ -103,6 +107,12 @@ class SnapshotStoreServicer(snapshot_store_pb2_grpc.SnapshotStoreServicer):
         tenant = validation.tenant(request.tenant_id)
         await self._service.delete(tenant, validation.id_or_name(request.snapshot))
         return pb.DeleteSnapshotResponse()
+
+    async def Import(self, request: pb.ImportSnapshotRequest, context: Context) -> pb.SnapshotManifest:
+        tenant = validation.tenant(request.tenant_id)
+        snapshot = validation.id_or_name(request.snapshot)
+        report = await self._importer.import_snapshot(tenant, snapshot, request.source_region)
+        return convert.manifest(report.snapshot)
 
     async def GetChunks(self, request: pb.GetChunksRequest, context: Context) -> AsyncIterator[pb.Chunk]:
         tenant = validation.tenant(request.tenant_id)

@@ -14,6 +14,7 @@ from hutch_snapshot_store import store
 from hutch_snapshot_store.chunks import ChunkStore
 from hutch_snapshot_store.domain.model import (
     BeginParams,
+    CopyParams,
     GcReport,
     IncomingChunk,
     ListQuery,
@@ -54,6 +55,22 @@ class SnapshotService:
 
     async def begin(self, params: BeginParams) -> Snapshot:
         return await store.insert_snapshot(self._db, new_snapshot_id(), params, self._lease_s)
+
+    async def begin_copy(self, copy: CopyParams) -> Snapshot:
+        """The pending copy of another region's snapshot, under its own id. A copy left pending by an
+        import that died is resumed (its lease extended); one already committed is returned as it is."""
+        tenant_id = copy.params.tenant_id
+        async with self._db.acquire() as conn, conn.transaction():
+            inserted = await store.insert_copy(conn, copy, self._lease_s)
+            if inserted is not None:
+                return inserted
+            existing = await store.lock_snapshot(conn, tenant_id, copy.snapshot_id)
+            if existing is None:
+                # Ids are random: only a collision with another tenant's snapshot gets here; say nothing of it.
+                raise errors.AlreadyExists(f"snapshot id {copy.snapshot_id} is taken in this region")
+            if existing.state == State.COMMITTED:
+                return await store.with_streams(conn, existing)
+            return await store.extend_pending(conn, tenant_id, copy.snapshot_id, self._lease_s)
 
     async def find_missing(self, tenant_id: str, snapshot_id: str, hashes: Sequence[str]) -> list[str]:
         """The hashes the tenant lacks, in the order asked, each once; the others are pinned."""
@@ -154,6 +171,11 @@ class SnapshotService:
             ):
                 raise errors.NotFound(f"no snapshot {id_or_name!r}")
             await asyncio.sleep(PENDING_POLL_S)
+
+    async def find(self, tenant_id: str, snapshot_id: str) -> Snapshot | None:
+        """The tenant's committed snapshot with this id, with its streams, if this store has it."""
+        snapshot = await store.find_committed(self._db, tenant_id, snapshot_id)
+        return None if snapshot is None else await store.with_streams(self._db, snapshot)
 
     async def list(self, query: ListQuery) -> Page:
         found = await store.list_committed(self._db, query)

@@ -6,9 +6,9 @@ import base64
 import binascii
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from hutch.core.config import GrpcSettings, S3Settings, ServiceSettings
+from hutch.core.config import GrpcSettings, RegionAddresses, S3Settings, ServiceSettings
 from hutch.snapshots.client import MAX_MESSAGE_BYTES
 
 
@@ -48,6 +48,9 @@ class SnapshotStoreOptions(BaseModel):
     # Requests: the largest FindMissing/GetChunks batch and List page.
     max_hashes_per_call: int = Field(default=4096, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
+    # Other regions' snapshot-stores, `region=host:port,...`: where Import copies snapshots from.
+    # Called with this region's internal token, so every region of an installation shares one.
+    peer_stores: RegionAddresses = Field(default_factory=dict)
 
     @field_validator("master_key")
     @classmethod
@@ -69,3 +72,9 @@ class SnapshotStoreSettings(ServiceSettings):
     s3: S3Settings = S3Settings()
     # Chunks travel one per message: room for the largest allowed chunk.
     grpc: GrpcSettings = GrpcSettings(max_message_bytes=MAX_MESSAGE_BYTES)
+
+    @model_validator(mode="after")
+    def _peers_are_other_regions(self) -> SnapshotStoreSettings:
+        if self.region in self.snapshot_store.peer_stores:
+            raise ValueError(f"snapshot_store.peer_stores names this store's own region {self.region!r}")
+        return self

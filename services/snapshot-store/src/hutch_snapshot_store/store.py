@@ -21,6 +21,7 @@ from hutch.core import errors
 from hutch_snapshot_store.domain.model import (
     BeginParams,
     ChunkRef,
+    CopyParams,
     Kind,
     ListQuery,
     Purpose,
@@ -35,7 +36,7 @@ Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
 _SNAPSHOT_COLUMNS = (
     "id, tenant_id, name, sandbox_id, kind, purpose, parent_id, spec, labels, state, created_at, "
-    "lease_expires_at, logical_bytes, new_stored_bytes"
+    "lease_expires_at, logical_bytes, new_stored_bytes, copied_from_region"
 )
 
 
@@ -61,6 +62,7 @@ def _snapshot(row: asyncpg.Record, streams: tuple[Stream, ...] = ()) -> Snapshot
         logical_bytes=int(row["logical_bytes"]),
         new_stored_bytes=int(row["new_stored_bytes"]),
         streams=streams,
+        copied_from_region=row["copied_from_region"] or "",
     )
 
 
@@ -127,6 +129,38 @@ async def insert_snapshot(conn: Conn, snapshot_id: str, params: BeginParams, lea
             f"a snapshot named {params.name!r} already exists (or is being written): choose another name"
         ) from None
     return _snapshot(row)
+
+
+async def insert_copy(conn: Conn, copy: CopyParams, lease_s: float) -> Snapshot | None:
+    """The pending copy of another region's snapshot; None when a snapshot with its id is here already."""
+    params = copy.params
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO snapshots (id, tenant_id, name, sandbox_id, kind, purpose, parent_id, spec, labels,
+                                       state, lease_expires_at, created_at, copied_from_region)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, 'pending', now() + make_interval(secs => $10),
+                        $11, $12)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING {_SNAPSHOT_COLUMNS}""",
+            copy.snapshot_id,
+            params.tenant_id,
+            params.name or None,
+            params.sandbox_id,
+            int(params.kind),
+            int(params.purpose),
+            params.parent_id,
+            params.spec,
+            json.dumps(params.labels),
+            lease_s,
+            copy.created_at,
+            copy.source_region,
+        )
+    except asyncpg.UniqueViolationError:
+        raise errors.AlreadyExists(
+            f"a snapshot named {params.name!r} already exists in this region (or is being written): "
+            "rename or delete it, then import again"
+        ) from None
+    return None if row is None else _snapshot(row)
 
 
 async def extend_pending(conn: Conn, tenant_id: str, snapshot_id: str, lease_s: float) -> Snapshot:

@@ -71,6 +71,18 @@ class Snapshot:
     new_stored_bytes: int = 0
     # Empty in listings.
     streams: tuple[Stream, ...] = ()
+    # The region it was imported from; empty when it was written here.
+    copied_from_region: str = ""
+
+
+@dataclass(frozen=True)
+class CopyParams:
+    """A snapshot of another region as this store re-creates it: same id, metadata and creation time."""
+
+    snapshot_id: str
+    params: BeginParams
+    created_at: datetime
+    source_region: str
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,20 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from hutch.core import db, errors, events, telemetry
-from hutch.core.bus import Bus, ConsumerSpec, sandbox_stream, usage_stream
+from hutch.core import db, errors, telemetry
+from hutch.core.bus import Bus
 from hutch.core.grpc_runtime import serve
 from hutch.core.lifecycle import shutdown_on_signals, supervise
 from hutch.v1 import usage_pb2_grpc
 from hutch_billing_meter import store
 from hutch_billing_meter.domain.catalogue import PriceBooks
 from hutch_billing_meter.domain.presets import PRESETS
+from hutch_billing_meter.feeds import consumers, feeds
 from hutch_billing_meter.grpc_api import UsageServicer
-from hutch_billing_meter.handlers import SandboxCatalogue, UsageIngest
 from hutch_billing_meter.service import UsageService
 from hutch_billing_meter.settings import BillingMeterSettings
+
+__all__ = ["SCHEMA", "consumers", "price_books", "run", "run_until"]
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +35,17 @@ def price_books(settings: BillingMeterSettings) -> PriceBooks:
     return PriceBooks([*PRESETS, *(book.book() for book in options.price_books)], options.default_price_book)
 
 
-def consumers(region: str) -> tuple[ConsumerSpec, ConsumerSpec]:
-    """(usage reports into the ledger, sandbox requests into the label table)."""
-    usage = ConsumerSpec(
-        stream=usage_stream(region), durable="billing-meter", filter_subjects=(f"hutch.{region}.usage.>",)
-    )
-    sandboxes = ConsumerSpec(
-        stream=sandbox_stream(region),
-        durable="billing-meter",
-        filter_subjects=(events.SANDBOX_REQUESTED.subject(region),),
-        max_in_flight=16,
-    )
-    return usage, sandboxes
-
-
 async def run(settings: BillingMeterSettings) -> None:
+    await run_until(settings, shutdown_on_signals())
+
+
+async def run_until(settings: BillingMeterSettings, shutdown: asyncio.Event) -> None:
+    """Serves the Usage API and feeds every region's usage into the ledger until `shutdown` is set."""
     token = settings.internal_token.get_secret_value()
     if not token:
         # The Usage API trusts the tenant its caller names; only the gateway may be that caller.
         raise errors.FailedPrecondition("HUTCH_INTERNAL_TOKEN must be set: the Usage API serves the gateway only")
     books = price_books(settings)
-    shutdown = shutdown_on_signals()
     region = settings.region
     retention = timedelta(days=settings.billing.dedup_retention_days)
     with telemetry.tracing(settings.telemetry, "billing-meter", region):
@@ -68,13 +60,12 @@ async def run(settings: BillingMeterSettings) -> None:
                 [(usage_pb2_grpc.add_UsageServicer_to_server, UsageServicer(service), "hutch.v1.Usage")],
                 internal_token=token,
             )
-            usage, sandboxes = consumers(region)
-            log.info("billing-meter serving on port %d (region %s)", server.port, region)
+            regions = settings.all_regions()
+            log.info("billing-meter serving on port %d (region %s, usage of %s)", server.port, region, regions)
             try:
                 await supervise(
                     shutdown,
-                    bus.consume_batches(usage, UsageIngest(pool, retention), shutdown, settings.billing.batch_size),
-                    bus.consume(sandboxes, SandboxCatalogue(pool), shutdown),
+                    *feeds(bus, pool, regions, retention, settings.billing.batch_size, shutdown),
                     _prune(pool, retention, shutdown),
                 )
             finally:

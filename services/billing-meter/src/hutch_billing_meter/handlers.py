@@ -47,15 +47,16 @@ def _usage(report: usage_pb2.UsageReport) -> Usage:
     )
 
 
-def ledger_entries(envelope: Envelope[Message]) -> list[LedgerEntry]:
-    """A usage event's shares of the minute rows its window covers."""
+def ledger_entries(envelope: Envelope[Message], region: str = "") -> list[LedgerEntry]:
+    """A usage event's shares of the minute rows its window covers, in the rows of `region`."""
     report = cast(usage_pb2.UsageReport, envelope.payload)
     tenant = report.tenant_id or envelope.tenant
     sandbox = report.sandbox_id or envelope.sandbox
     start = report.window_start.ToDatetime(tzinfo=UTC) if report.HasField("window_start") else envelope.time
     end = report.window_end.ToDatetime(tzinfo=UTC) if report.HasField("window_end") else start
     return [
-        LedgerEntry(tenant, sandbox, minute, share) for minute, share in split_by_minute(start, end, _usage(report))
+        LedgerEntry(tenant, sandbox, minute, share, region)
+        for minute, share in split_by_minute(start, end, _usage(report))
     ]
 
 
@@ -67,14 +68,24 @@ class UsageIngest:
     publish of the same report adds nothing the second time. Events older than the retention of
     those ids cannot be told apart from duplicates any more and are dropped with a warning; the
     usage stream keeps events for far less than that.
+
+    Ids are unique across the installation's regions, so one processed-events table serves the
+    feeds of every region: a report that reaches the ledger through two streams is added once.
+    `source_region` is the region whose stream the batches come from; rows keep it.
     """
 
     def __init__(
-        self, db: asyncpg.Pool, retention: timedelta, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        db: asyncpg.Pool,
+        retention: timedelta,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        source_region: str = "",
     ) -> None:
         self._db = db
         self._retention = retention
         self._clock = clock
+        self._region = source_region
 
     async def __call__(self, batch: list[Envelope[Message]]) -> None:
         oldest = self._clock() - self._retention
@@ -88,7 +99,7 @@ class UsageIngest:
                 )
                 dropped.append(envelope.id)
                 continue
-            found = ledger_entries(envelope)
+            found = ledger_entries(envelope, self._region)
             if not found or not found[0].tenant_id:
                 log.warning("dropping usage event %s: it names no tenant", envelope.id)
                 dropped.append(envelope.id)
@@ -98,7 +109,7 @@ class UsageIngest:
         if not entries:
             return
         async with self._db.acquire() as conn, conn.transaction():
-            fresh = await store.record_events(conn, list(entries))
+            fresh = await store.record_events(conn, list(entries), self._region)
             await store.add_usage(conn, [entry for event_id in sorted(fresh) for entry in entries[event_id]])
         _count(kinds, fresh, "recorded")
         _count(kinds, set(entries) - set(fresh), "duplicate")

@@ -1,4 +1,4 @@
-"""The ledger in PostgreSQL (schema `billing`): minute rows, processed event ids, sandbox labels."""
+"""The ledger in PostgreSQL (schema `billing`): minute rows per region, processed event ids, sandbox labels."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ class LedgerEntry:
     sandbox_id: str
     minute: datetime
     usage: Usage
+    # The region whose stream the event came from ("" when not known).
+    region: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,24 +47,26 @@ class Selection:
     labels: Mapping[str, str] | None = None
 
 
-async def record_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> set[str]:
+async def record_events(conn: asyncpg.Connection, event_ids: Sequence[str], region: str = "") -> set[str]:
     """Marks events as processed; returns those that were not already (inside the caller's transaction).
 
     Ids are inserted in sorted order, so two transactions that share ids (a redelivery to a second
     replica) wait for each other instead of deadlocking; the later one then finds them taken.
     """
     rows = await conn.fetch(
-        "INSERT INTO processed_events (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+        "INSERT INTO processed_events (event_id, region) SELECT unnest($1::text[]), $2 "
+        "ON CONFLICT DO NOTHING RETURNING event_id",
         sorted(set(event_ids)),
+        region,
     )
     return {row["event_id"] for row in rows}
 
 
 async def add_usage(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
     """Adds entries to their minute rows (summing, and keeping the larger peak), in one statement."""
-    merged: dict[tuple[str, str, datetime], Usage] = {}
+    merged: dict[tuple[str, str, str, datetime], Usage] = {}
     for entry in entries:
-        key = (entry.tenant_id, entry.sandbox_id, entry.minute)
+        key = (entry.tenant_id, entry.sandbox_id, entry.region, entry.minute)
         seen = merged.get(key)
         merged[key] = entry.usage if seen is None else seen + entry.usage
     if not merged:
@@ -76,13 +80,11 @@ async def add_usage(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) ->
         for name in _LEDGER_COLUMNS
     )
     await conn.execute(
-        f"""INSERT INTO usage_minutes (tenant_id, sandbox_id, minute, {", ".join(_LEDGER_COLUMNS)})
-            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],
-                                 {", ".join(f"${i}::bigint[]" for i in range(4, 4 + len(_LEDGER_COLUMNS)))})
-            ON CONFLICT (tenant_id, sandbox_id, minute) DO UPDATE SET {updates}""",
-        [key[0] for key in keys],
-        [key[1] for key in keys],
-        [key[2] for key in keys],
+        f"""INSERT INTO usage_minutes (tenant_id, sandbox_id, region, minute, {", ".join(_LEDGER_COLUMNS)})
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                                 {", ".join(f"${i}::bigint[]" for i in range(5, 5 + len(_LEDGER_COLUMNS)))})
+            ON CONFLICT (tenant_id, sandbox_id, region, minute) DO UPDATE SET {updates}""",
+        *([key[i] for key in keys] for i in range(4)),
         *columns,
     )
 

@@ -22,7 +22,8 @@ from rich.table import Table
 from hutch.local import stack
 from hutch.local.paths import StackPaths, default_home
 from hutch.local.rates import request_rates
-from hutch.local.stack import Event, StackError, StackOptions, UpResult
+from hutch.local.stack import ComponentStatus, Event, StackError, StackOptions, UpResult
+from hutch.local.state import StackState
 
 EXIT_UNHEALTHY = 1
 EXIT_NOT_RUNNING = 3
@@ -53,7 +54,7 @@ class _ProgressObserver:
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, component: str, event: Event, detail: str = "") -> None:
-        label = f"[bold]{component:<11}[/]"
+        label = f"[bold]{component:<16}[/]"
         text = {
             "starting": f"{label} starting {detail}",
             "ready": f"{label} [green]ready[/] {detail}",
@@ -104,21 +105,34 @@ def _print_failure(exc: StackError) -> None:
         errors.print(Panel(exc.log_tail, title=f"{exc.component} log", title_align="left", border_style="red"))
 
 
-def _print_summary(result: UpResult, home: Path, detached: bool) -> None:
+def _print_summary(results: list[UpResult], home: Path, detached: bool) -> None:
     paths = StackPaths(home)
-    if result.already_running:
+    first = results[0]
+    if first.already_running:
         console.print(f"The local stack in {paths.local} is already running.")
+    several = len(results) > 1
     table = Table.grid(padding=(0, 2))
-    if result.state.endpoint:
-        table.add_row("endpoint", result.state.endpoint)
-    table.add_row("API key", result.api_key)
-    table.add_row("NATS", result.state.nats_url)
-    table.add_row("PostgreSQL", result.state.postgres_dsn.split("@")[-1])
-    table.add_row("S3", result.state.s3_endpoint)
-    table.add_row("logs", str(paths.logs))
+    for result in results:
+        state = result.state
+        if several:
+            table.add_row(f"[bold]region {state.region}[/]", "")
+        if state.endpoint:
+            table.add_row("endpoint", state.endpoint)
+        if result is first:
+            table.add_row("API key", result.api_key)
+        table.add_row("NATS", state.nats_url)
+        table.add_row("PostgreSQL", state.postgres_dsn.split("@")[-1])
+        table.add_row("S3", state.s3_endpoint + (f" (bucket {state.s3_bucket})" if several else ""))
+        table.add_row("logs", str(_logs_of(state, paths)))
     console.print(table)
-    if detached and not result.already_running:
+    if detached and not first.already_running:
         console.print("Stop it with [bold]hutch local down[/].")
+
+
+def _logs_of(state: StackState, paths: StackPaths) -> Path:
+    """The logs folder of a region (the folder of one of its components' logs)."""
+    logged = next((c.log for c in state.components if c.log), None)
+    return Path(logged).parent if logged else paths.logs
 
 
 class _StopRequests:
@@ -174,6 +188,15 @@ def up(
         Path, typer.Option(envvar="HUTCH_NODE__TEMPLATES_DIR", help="Root filesystem templates of the node-agent.")
     ] = stack.DEFAULT_TEMPLATES_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each phase to become healthy.")] = 120.0,
+    regions: Annotated[
+        int,
+        typer.Option(
+            "--regions",
+            min=1,
+            help="Run this many regions, joined as a NATS supercluster: the second is REGION-2, with its "
+            "own NATS, services and node on ports 100 up, and its own database and bucket.",
+        ),
+    ] = 1,
     home: HomeOption = None,
 ) -> None:
     """Start the local stack and wait until every component is healthy."""
@@ -197,7 +220,7 @@ def up(
     requests = _StopRequests()
     try:
         with _observer() as observer:
-            result = stack.up(options, observer, detach=detach)
+            results = stack.up_regions(options, regions, observer, detach=detach)
             requests.running = True
     except StackError as exc:
         _print_failure(exc)
@@ -205,8 +228,8 @@ def up(
     except KeyboardInterrupt:
         errors.print("interrupted; everything started has been stopped")
         raise typer.Exit(130) from None
-    _print_summary(result, home, detach)
-    if detach or result.already_running:
+    _print_summary(results, home, detach)
+    if detach or results[0].already_running:
         return
     console.print("Running in the foreground; press Ctrl-C to stop.")
     with _observer() as observer:
@@ -215,23 +238,30 @@ def up(
 
 @app.command()
 def status(home: HomeOption = None) -> None:
-    """Show every component, whether it is healthy (exit 1 if any is not, 3 if none runs) and, for
-    services, the calls per second they answered lately (from `local/logs/metrics.jsonl`)."""
+    """Show every component (of every region), whether it is healthy (exit 1 if any is not, 3 if none
+    runs) and, for services, the calls per second they answered lately (from `local/logs/metrics.jsonl`)."""
     home = home or default_home()
-    rows = stack.status(home)
-    if rows is None:
+    regions = stack.regions_status(home)
+    if regions is None:
         console.print(f"No local stack is running in {StackPaths(home).local}.")
         raise typer.Exit(EXIT_NOT_RUNNING)
-    rates = request_rates(StackPaths(home).metrics_file)
+    for region in regions:
+        if len(regions) > 1:
+            console.print(f"[bold]region {region.region}[/]")
+        console.print(_status_table(region.components, StackPaths(region.home).metrics_file))
+    if any(row.state != "healthy" for region in regions for row in region.components):
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _status_table(rows: list[ComponentStatus], metrics_file: Path) -> Table:
+    rates = request_rates(metrics_file)
     table = Table("component", "pid", "address", "state", "req/s")
     colours = {"healthy": "green", "unhealthy": "red", "stopped": "yellow"}
     for row in rows:
         pid = "external" if row.external else str(row.pid or "-")
         rate = f"{rates[row.name]:.1f}" if row.name in rates else "-"
         table.add_row(row.name, pid, row.address, f"[{colours[row.state]}]{row.state}[/]", rate)
-    console.print(table)
-    if any(row.state != "healthy" for row in rows):
-        raise typer.Exit(EXIT_UNHEALTHY)
+    return table
 
 
 @app.command()

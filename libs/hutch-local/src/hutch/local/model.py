@@ -12,6 +12,8 @@ from hutch.local.services import SERVICES
 from hutch.local.state import StackState
 
 SERVER_PORTS: Mapping[str, int] = {"nats": 14222, "postgres": 15432, "s3": 18333}
+# The further listeners of a NATS server that is one region of a supercluster (`up --regions`).
+NATS_LINK_PORTS: Mapping[str, int] = {"nats-cluster": 16222, "nats-gateway": 17222, "nats-monitor": 18222}
 DEFAULT_TEMPLATES_DIR = Path("/var/lib/hutch/templates")
 
 Event = Literal["starting", "ready", "skipped", "failed", "stopping", "stopped", "exited"]
@@ -41,12 +43,12 @@ class StackError(RuntimeError):
 def default_ports() -> dict[str, int]:
     """The port of every component when nothing else is asked for."""
     extra = {name: port for spec in SERVICES for name, port in spec.extra_ports}
-    return {**SERVER_PORTS, **{spec.name: spec.default_port for spec in SERVICES}, **extra}
+    return {**SERVER_PORTS, **{spec.name: spec.default_port for spec in SERVICES}, **extra, **NATS_LINK_PORTS}
 
 
 def component_names() -> list[str]:
     """Every component the stack knows, servers first, in start order."""
-    extra = {name for spec in SERVICES for name, _ in spec.extra_ports}
+    extra = {name for spec in SERVICES for name, _ in spec.extra_ports} | set(NATS_LINK_PORTS)
     return [name for name in default_ports() if name not in extra]
 
 
@@ -67,6 +69,10 @@ class StackOptions:
     log_level: str = "INFO"
     node_id: str = "local-1"
     node_root_dir: Path | None = None
+    # The node-agent's cgroup parent and sandbox address pool (None: the node-agent's defaults);
+    # node-agents sharing a host need their own.
+    node_cgroup_parent: str | None = None
+    sandbox_network: str | None = None
     templates_dir: Path = DEFAULT_TEMPLATES_DIR
     startup_timeout_s: float = 120.0
     # False turns off fsync in PostgreSQL: for throwaway stacks in tests.
@@ -99,3 +105,12 @@ class ComponentStatus:
     address: str
     state: Health
     external: bool
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    """The components of one region of `hutch local status`."""
+
+    region: str
+    home: Path
+    components: list[ComponentStatus]

@@ -41,9 +41,13 @@ class ServiceContext:
     log_level: str = "INFO"
     node_id: str = "local-1"
     node_root_dir: Path | None = None
+    node_cgroup_parent: str | None = None
+    sandbox_network: str | None = None
     templates_dir: Path = Path("/var/lib/hutch/templates")
     # The port every service of the stack listens on, by service name.
     ports: Mapping[str, int] = field(default_factory=dict)
+    # The other regions of a local multi-region installation, nearest first: their services' ports.
+    peers: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def _no_settings(context: ServiceContext) -> dict[str, str]:
@@ -75,6 +79,10 @@ def _node_agent_settings(context: ServiceContext) -> dict[str, str]:
         "HUTCH_NODE__ADVERTISE_HOST": LOOPBACK,
         "HUTCH_NODE__TEMPLATES_DIR": str(context.templates_dir),
     }
+    if context.node_cgroup_parent is not None:
+        settings["HUTCH_NODE__CGROUP_PARENT"] = context.node_cgroup_parent
+    if context.sandbox_network is not None:
+        settings["HUTCH_NODE__SANDBOX_NETWORK"] = context.sandbox_network
     if "snapshot-store" in context.ports:
         settings["HUTCH_NODE__SNAPSHOT_STORE_ADDRESS"] = f"{LOOPBACK}:{context.ports['snapshot-store']}"
     if "egress-proxy" in context.ports:
@@ -197,6 +205,25 @@ def installed_script(spec: ServiceSpec) -> Path | None:
         return None
 
 
+def _peer_settings(context: ServiceContext) -> dict[str, str]:
+    """Where the other regions are: every service of a region gets the same view of them."""
+    if not context.peers:
+        return {}
+
+    def addresses(service_name: str) -> str:
+        return ",".join(
+            f"{region}={LOOPBACK}:{ports[service_name]}"
+            for region, ports in context.peers.items()
+            if service_name in ports
+        )
+
+    return {
+        "HUTCH_PEER_REGIONS": ",".join(context.peers),
+        "HUTCH_GATEWAY__PEER_GATEWAYS": addresses("gateway"),
+        "HUTCH_SNAPSHOT_STORE__PEER_STORES": addresses("snapshot-store"),
+    }
+
+
 def service_env(spec: ServiceSpec, context: ServiceContext, port: int) -> dict[str, str]:
     """The HUTCH_* environment of one service listening on `port`."""
     env = {
@@ -216,5 +243,6 @@ def service_env(spec: ServiceSpec, context: ServiceContext, port: int) -> dict[s
         "HUTCH_TELEMETRY__METRICS_FILE_PATH": str(context.paths.metrics_file),
         "HUTCH_TELEMETRY__METRICS_INTERVAL_S": "5",
     }
+    env.update(_peer_settings(context))
     env.update(spec.settings(context))
     return env

@@ -11,11 +11,20 @@ from hutch.local import state as state_file
 from hutch.local.credentials import StackSecrets
 from hutch.local.files import read_json, write_json_private
 from hutch.local.health import grpc_serving
-from hutch.local.model import SERVER_PORTS, Event, Observer, StackError, StackOptions, UpResult, default_ports
+from hutch.local.model import (
+    NATS_LINK_PORTS,
+    SERVER_PORTS,
+    Event,
+    Observer,
+    StackError,
+    StackOptions,
+    UpResult,
+    default_ports,
+)
 from hutch.local.paths import StackPaths
 from hutch.local.ports import LOOPBACK, free_port, port_in_use
 from hutch.local.process import live_children, log_offset, log_tail, spawn, start_ticks
-from hutch.local.servers import ManagedServer, NatsServer, PostgresServer, S3Server, ServerStartError
+from hutch.local.servers import ManagedServer, NatsGateway, NatsServer, PostgresServer, S3Server, ServerStartError
 from hutch.local.services import SERVICES, ServiceContext, ServiceSpec, installed_script, service, service_env
 from hutch.local.state import ComponentState, StackState
 from hutch.local.stopping import stop_components
@@ -38,66 +47,99 @@ class Starter:
         self.observer = observer
         self.detach = detach
         self.state: StackState | None = None
+        # Set by plan().
+        self.specs: list[ServiceSpec] = []
+        self.skipped: list[str] = []
+        self.ports: dict[str, int] = {}
+        self.postgres: PostgresServer
+        self.s3: S3Server
+        # Set by start_servers().
+        self.nats: NatsServer
 
     def run(self) -> UpResult:
         children_before = {handle.pid for handle in live_children()}
         try:
-            return self._run()
+            self.plan()
+            self.start_servers()
+            return self.start_services()
         except BaseException as exc:
-            failed = exc.component if isinstance(exc, StackError) else None
-            if failed is not None:
-                self.observer(failed, "failed", str(exc))
-
-            def cleanup_observer(component: str, event: Event, detail: str = "") -> None:
-                # The failed component keeps showing "failed" while the others are stopped.
-                if component != failed:
-                    self.observer(component, event, detail)
-
-            if self.state is not None:
-                stop_components(self.state, cleanup_observer)
-            # An interrupt can land between starting a process and recording it in the state.
-            for handle in live_children():
-                if handle.pid not in children_before:
-                    handle.kill()
-            state_file.remove(self.paths.stack_file)
+            self.abort(exc)
+            kill_new_children(children_before)
             raise
 
-    def _run(self) -> UpResult:
-        options = self.options
+    def abort(self, exc: BaseException, *, report: bool = True) -> None:
+        """Stops what this run started and forgets it, after `exc` ended the start (`report`: show
+        the component `exc` names as failed, when it is one of this stack's)."""
+        failed = exc.component if isinstance(exc, StackError) and report else None
+        if failed is not None:
+            self.observer(failed, "failed", str(exc))
+
+        def cleanup_observer(component: str, event: Event, detail: str = "") -> None:
+            # The failed component keeps showing "failed" while the others are stopped.
+            if component != failed:
+                self.observer(component, event, detail)
+
+        if self.state is not None:
+            stop_components(self.state, cleanup_observer)
+        state_file.remove(self.paths.stack_file)
+
+    def plan(self, *, nats_link: bool = False) -> None:
+        """Checks the options, picks the services and resolves every port; starts nothing.
+
+        `nats_link`: the NATS server will be one region of a supercluster, with listeners of its own
+        for routes, gateways and monitoring.
+        """
         self._check_external_options()
-        specs, skipped = self._services()
-        ports = self._resolve_ports([spec.name for spec in specs])
+        self.specs, self.skipped = self._services()
+        links = list(NATS_LINK_PORTS) if nats_link and not self.options.nats_url else []
+        self.ports = self._resolve_ports([spec.name for spec in self.specs], links)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         try:
-            nats, postgres, s3 = self._servers(ports)
+            self.postgres, self.s3 = self._storage_servers(self.ports)
+        except ValueError as exc:
+            raise StackError(f"bad external server address: {exc}") from exc
+
+    def start_servers(self, gateway: NatsGateway | None = None) -> None:
+        """Starts (or attaches to) NATS, PostgreSQL and S3 and waits until they answer; `gateway`
+        joins the NATS server to other regions."""
+        options = self.options
+        try:
+            self.nats = self._nats_server(self.ports, gateway)
         except ValueError as exc:
             raise StackError(f"bad external server address: {exc}") from exc
         state = StackState(
-            nats_url=nats.url,
-            postgres_dsn=postgres.dsn,
-            s3_endpoint=s3.endpoint,
+            nats_url=self.nats.url,
+            postgres_dsn=self.postgres.dsn,
+            s3_endpoint=self.s3.endpoint,
             s3_access_key=options.s3_access_key or self.secrets.s3_access_key,
             s3_secret_key=options.s3_secret_key or self.secrets.s3_secret_key,
             s3_bucket=options.s3_bucket,
+            region=options.region,
             detached=self.detach,
             supervisor_pid=None if self.detach else os.getpid(),
             supervisor_ticks=None if self.detach else start_ticks(os.getpid()),
         )
         self.state = state
-        self._start_servers(state, {"nats": nats, "postgres": postgres, "s3": s3})
+        self._start_servers(state, {"nats": self.nats, "postgres": self.postgres, "s3": self.s3})
         try:
-            s3.ensure_bucket(options.s3_bucket)
+            self.s3.ensure_bucket(options.s3_bucket)
         except Exception as exc:
             raise StackError(f"s3: cannot create bucket {options.s3_bucket!r}: {exc}", component="s3") from exc
-        for name in skipped:
+
+    def start_services(self, peers: Mapping[str, Mapping[str, int]] | None = None) -> UpResult:
+        """Starts the services, waits until each is SERVING and records the stack; `peers`: the
+        other regions' service ports, by region."""
+        state = self.state
+        assert state is not None, "start_servers() comes first"
+        for name in self.skipped:
             self.observer(name, "skipped", f"console script {service(name).script} is not installed")
-        self._start_services(state, specs, ports)
+        self._start_services(state, self.specs, self.ports, peers or {})
         gateway = next((c for c in state.components if c.name == "gateway"), None)
         if gateway is not None:
             state.endpoint = gateway.address
             _write_client_config(self.paths, gateway.address, self.secrets.api_key)
         state_file.save(self.paths.stack_file, state)
-        return UpResult(state, already_running=False, api_key=self.secrets.api_key, skipped=tuple(skipped))
+        return UpResult(state, already_running=False, api_key=self.secrets.api_key, skipped=tuple(self.skipped))
 
     def _check_external_options(self) -> None:
         options = self.options
@@ -117,11 +159,11 @@ class Starter:
         skipped = [spec.name for spec in chosen if spec not in available]
         return available, skipped
 
-    def _resolve_ports(self, services: Sequence[str]) -> dict[str, int]:
+    def _resolve_ports(self, services: Sequence[str], links: Sequence[str]) -> dict[str, int]:
         options = self.options
         external = {"nats": options.nats_url, "postgres": options.postgres_dsn, "s3": options.s3_endpoint}
         extra = [name for spec in SERVICES if spec.name in services for name, _ in spec.extra_ports]
-        names = [name for name in SERVER_PORTS if not external[name]] + list(services) + extra
+        names = [name for name in SERVER_PORTS if not external[name]] + list(links) + list(services) + extra
         unknown = set(options.ports) - set(default_ports())
         if unknown:
             raise StackError(f"--port names unknown components: {', '.join(sorted(unknown))}")
@@ -145,13 +187,14 @@ class Starter:
             ports[name] = requested
         return ports
 
-    def _servers(self, ports: Mapping[str, int]) -> tuple[NatsServer, PostgresServer, S3Server]:
+    def _nats_server(self, ports: Mapping[str, int], gateway: NatsGateway | None) -> NatsServer:
+        options, paths = self.options, self.paths
+        if options.nats_url:
+            return NatsServer.attach(options.nats_url)
+        return NatsServer(paths.nats, port=ports["nats"], log_path=paths.log("nats"), gateway=gateway)
+
+    def _storage_servers(self, ports: Mapping[str, int]) -> tuple[PostgresServer, S3Server]:
         options, paths, secrets = self.options, self.paths, self.secrets
-        nats = (
-            NatsServer.attach(options.nats_url)
-            if options.nats_url
-            else NatsServer(paths.nats, port=ports["nats"], log_path=paths.log("nats"))
-        )
         postgres = (
             PostgresServer.attach(options.postgres_dsn)
             if options.postgres_dsn
@@ -174,7 +217,7 @@ class Starter:
                 log_path=paths.log("s3"),
             )
         )
-        return nats, postgres, s3
+        return postgres, s3
 
     def _start_servers(self, state: StackState, servers: Mapping[str, ManagedServer]) -> None:
         for name, server in servers.items():
@@ -211,8 +254,14 @@ class Starter:
         state.components.sort(key=lambda c: list(SERVER_PORTS).index(c.name))
         state_file.save(self.paths.stack_file, state)
 
-    def _start_services(self, state: StackState, specs: Sequence[ServiceSpec], ports: Mapping[str, int]) -> None:
-        context = self._context(state, ports)
+    def _start_services(
+        self,
+        state: StackState,
+        specs: Sequence[ServiceSpec],
+        ports: Mapping[str, int],
+        peers: Mapping[str, Mapping[str, int]],
+    ) -> None:
+        context = self._context(state, ports, peers)
         offsets: dict[str, int] = {}
         for spec in specs:
             script = installed_script(spec)
@@ -255,7 +304,9 @@ class Starter:
                 )
             time.sleep(0.1)
 
-    def _context(self, state: StackState, ports: Mapping[str, int]) -> ServiceContext:
+    def _context(
+        self, state: StackState, ports: Mapping[str, int], peers: Mapping[str, Mapping[str, int]]
+    ) -> ServiceContext:
         options = self.options
         return ServiceContext(
             paths=self.paths,
@@ -270,9 +321,22 @@ class Starter:
             log_level=options.log_level,
             node_id=options.node_id,
             node_root_dir=options.node_root_dir,
+            node_cgroup_parent=options.node_cgroup_parent,
+            sandbox_network=options.sandbox_network,
             templates_dir=options.templates_dir,
-            ports={name: port for name, port in ports.items() if name not in SERVER_PORTS},
+            ports={
+                name: port for name, port in ports.items() if name not in SERVER_PORTS and name not in NATS_LINK_PORTS
+            },
+            peers=peers,
         )
+
+
+def kill_new_children(before: set[int]) -> None:
+    """SIGKILLs the children started since `before` was taken: an interrupt can land between starting
+    a process and recording it in the state."""
+    for handle in live_children():
+        if handle.pid not in before:
+            handle.kill()
 
 
 def _server_component(name: str, server: ManagedServer) -> ComponentState:

@@ -48,6 +48,7 @@ class StackState:
     s3_access_key: str
     s3_secret_key: str
     s3_bucket: str
+    region: str = "local"
     endpoint: str | None = None
     detached: bool = True
     # The foreground `hutch local up` that supervises the stack; `down` asks it to stop everything.

@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +23,7 @@ import nats
 from hutch.core.bus import fenced_bucket, nodes_bucket
 from hutch.local.process import ProcessHandle, spawn
 from hutch.testing.eventually import eventually_sync
+from hutch.testing.node_host import clear_node_host
 
 
 class ExtraNode:
@@ -113,24 +111,4 @@ class ExtraNode:
         self._clear_host()
 
     def _clear_host(self) -> None:
-        """What the node-agent keeps across its restarts: sandboxes still running (their cgroups'
-        processes), their namespaces and links, its firewall table and its quota volume."""
-        parent = self.env["HUTCH_NODE__CGROUP_PARENT"]
-        for procs in Path("/sys/fs/cgroup").glob(f"*/{parent}/*/cgroup.procs"):
-            for pid in procs.read_text().split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-        table = "hutch_" + self.node_id.replace("-", "_")
-        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-        for line in names.splitlines():
-            if line.startswith(f"{table}-"):
-                subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)
-        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-        points = [line.split()[4] for line in mounts if len(line.split()) > 4]
-        for point in sorted((p for p in points if p.startswith(str(self.root))), key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], check=False)
-        for image in self.root.glob("*.img"):
-            attached = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False)
-            for device in (line.split(":", 1)[0] for line in attached.stdout.splitlines() if line):
-                subprocess.run(["losetup", "-d", device], check=False)
+        clear_node_host(self.node_id, self.env["HUTCH_NODE__CGROUP_PARENT"], self.root)

@@ -32,6 +32,7 @@ class LocalStack:
         api_key: the dev tenant's API key.
         internal_token: the secret the services authenticate each other with.
         postgres_dsn, nats_url, s3_endpoint: the servers the services use.
+        region: the region its services run as.
     """
 
     home: Path
@@ -44,6 +45,7 @@ class LocalStack:
     s3_access_key: str
     s3_secret_key: str
     s3_bucket: str
+    region: str = "local"
 
     @classmethod
     def start(cls, home: Path, *, startup_timeout_s: float = 180.0) -> LocalStack:
@@ -62,10 +64,11 @@ class LocalStack:
         except StackError as exc:
             # Test reports show the message only; the component's log is what explains a failure.
             raise StackError(f"{exc}\n{exc.log_tail}", component=exc.component) from exc
-        return cls._from_state(home, result.state, result.api_key)
+        return cls.from_state(home, result.state, result.api_key)
 
     @classmethod
-    def _from_state(cls, home: Path, state: StackState, api_key: str) -> LocalStack:
+    def from_state(cls, home: Path, state: StackState, api_key: str) -> LocalStack:
+        """The stack recorded in `state`, running in `home`."""
         if state.endpoint is None:
             raise StackError("the stack started without a gateway")
         gateway = state.component("gateway")
@@ -80,6 +83,7 @@ class LocalStack:
             s3_access_key=state.s3_access_key,
             s3_secret_key=state.s3_secret_key,
             s3_bucket=state.s3_bucket,
+            region=state.region,
         )
 
     @property

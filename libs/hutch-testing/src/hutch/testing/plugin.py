@@ -12,6 +12,7 @@ workspace, and most of them use none of this.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from hutch.local.servers import NatsServer, PostgresServer, S3Server
     from hutch.testing.internet import FakeInternet
     from hutch.testing.local_stack import LocalStack
+    from hutch.testing.regions import TwoRegions
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -188,8 +190,40 @@ def local_stack(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator
     missing = missing_services()
     if missing:
         pytest.skip(f"the local stack needs services that are not installed: {', '.join(missing)}")
-    # Small enough for a test to fill a sandbox's disk quota in a second or two. The services take
-    # their settings from the environment they start in.
+    with _stack_settings(stack_internet):
+        stack = LocalStack.start(Path(tempfile.mkdtemp(prefix="hutch-home-", dir=server_tmp_root)))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def two_regions(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator[TwoRegions]:
+    """Two regions of the platform (`local` and `local-2`), detached, in a temporary HUTCH_HOME on free
+    ports, their NATS servers joined as a supercluster; stopped and cleared from the host at session
+    end. Set up like `local_stack` (same test settings, same fake internet). Skips when a service's
+    console script is not installed."""
+    from hutch.testing.local_stack import missing_services
+    from hutch.testing.regions import TwoRegions
+
+    missing = missing_services()
+    if missing:
+        pytest.skip(f"the local stack needs services that are not installed: {', '.join(missing)}")
+    home = Path(tempfile.mkdtemp(prefix="hutch-regions-", dir=server_tmp_root))
+    with _stack_settings(stack_internet):
+        regions = TwoRegions.start(home)
+    try:
+        yield regions
+    finally:
+        regions.stop()
+
+
+@contextlib.contextmanager
+def _stack_settings(stack_internet: FakeInternet) -> Iterator[None]:
+    """The environment a test stack's services start in (they take their settings from it): a disk
+    quota small enough for a test to fill in a second or two, and the fake internet behind the
+    egress-proxy."""
     settings = {
         **TEST_STACK_SETTINGS,
         "HUTCH_EGRESS__NAMESERVERS": json.dumps([stack_internet.dns_server]),
@@ -200,14 +234,10 @@ def local_stack(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
     try:
-        stack = LocalStack.start(Path(tempfile.mkdtemp(prefix="hutch-home-", dir=server_tmp_root)))
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    try:
-        yield stack
-    finally:
-        stack.stop()

@@ -5,13 +5,14 @@ Each server is started as a child process (`start()` blocks until it answers rea
 """
 
 from hutch.local.servers.base import Command, ManagedServer, ServerStartError
-from hutch.local.servers.nats import NatsServer, nats_ready
+from hutch.local.servers.nats import NatsGateway, NatsServer, nats_ready
 from hutch.local.servers.postgres import PostgresServer, postgres_answers
 from hutch.local.servers.s3 import S3Server, s3_answers
 
 __all__ = [
     "Command",
     "ManagedServer",
+    "NatsGateway",
     "NatsServer",
     "PostgresServer",
     "S3Server",

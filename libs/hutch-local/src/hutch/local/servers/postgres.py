@@ -280,7 +280,12 @@ class PostgresServer(ManagedServer):
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         return Command(tuple(argv), user=self._user)
 
-    def after_ready(self) -> None:
-        exists = self.execute(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")
+    def ensure_database(self, name: str) -> str:
+        """Creates database `name` unless it exists; returns its DSN."""
+        exists = self.execute(f"SELECT 1 FROM pg_database WHERE datname = '{check_identifier(name)}'")
         if exists != "1":
-            self.execute(f'CREATE DATABASE "{self.database}"')
+            self.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn_for(name)
+
+    def after_ready(self) -> None:
+        self.ensure_database(self.database)

@@ -1,0 +1,243 @@
+"""Two regions on one machine (`hutch local up --regions 2`): each with its own NATS server, joined
+as a supercluster, its own services, database and bucket. A tenant reaches a sandbox through either
+region's gateway, snapshots travel between regions on demand, a region whose NATS server dies
+leaves the other serving, and each region's bill holds both regions' usage once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from hutch import InvalidArgumentError, Nodes, NotFoundError, ResourceExhaustedError, Sandbox, Snapshot, Usage
+from hutch.testing.eventually import eventually_sync
+
+pytestmark = pytest.mark.e2e
+
+
+def region_of(stack: Any) -> str:
+    return str(stack.service_env("gateway")["HUTCH_REGION"])
+
+
+def through(stack: Any) -> dict[str, str]:
+    """SDK arguments for calls through `stack`'s gateway."""
+    return {"endpoint": stack.endpoint, "api_key": stack.api_key}
+
+
+@pytest.fixture(scope="module")
+def regions(two_regions: Any) -> Iterator[tuple[Any, Any, str, str]]:
+    first, second = two_regions.first, two_regions.second
+    yield first, second, region_of(first), region_of(second)
+
+
+@pytest.fixture
+def made() -> Iterator[list[Sandbox]]:
+    """Sandboxes a test creates, killed at its end through the gateway that made them."""
+    sandboxes: list[Sandbox] = []
+    yield sandboxes
+    for sandbox in sandboxes:
+        try:
+            sandbox.kill()
+        except Exception:
+            pass
+        finally:
+            sandbox.close()
+
+
+def test_a_sandbox_created_in_one_region_through_the_others_gateway_runs_there_and_is_reached_from_both(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    name = f"far-{uuid.uuid4().hex[:8]}"
+    sandbox = Sandbox.create(name=name, region=first_region, **through(second))
+    made.append(sandbox)
+    assert sandbox.get_info().region == first_region
+
+    # Commands and files through the gateway of the region that does not hold it.
+    result = sandbox.commands.run("echo $((6 * 7)) > /tmp/answer && hostname")
+    assert result.exit_code == 0
+    sandbox.files.write("/tmp/from-second", b"written through the second region")
+    assert sandbox.files.read("/tmp/answer").strip() == "42"
+
+    # The same sandbox by name through the gateway of the region that holds it, and through the
+    # other one too: the name index, not only the id. (Closing a connection does not kill.)
+    for stack in (first, second):
+        again = Sandbox.connect(name, **through(stack))
+        try:
+            assert again.id == sandbox.id
+            assert again.files.read("/tmp/from-second") == "written through the second region"
+            assert again.commands.run("cat /tmp/answer").stdout.strip() == "42"
+        finally:
+            again.close()
+
+
+def test_a_create_naming_no_region_stays_in_the_region_called_while_it_has_room(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    here = Sandbox.create(**through(second))
+    made.append(here)
+    assert here.get_info().region == second_region
+
+
+def test_a_create_that_fits_no_node_of_the_region_called_goes_to_the_next_region(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    # A sandbox holding all but 256 MiB of the first region's node (a limit, not memory in use).
+    (node,) = Nodes.list(**through(first))
+    filler = Sandbox.create(memory_mb=node.memory_mb_free - 256, region=first_region, **through(first))
+    made.append(filler)
+    eventually_sync(lambda: Nodes.list(**through(first))[0].memory_mb_free <= 256, timeout=15, interval=0.2)
+
+    spilled = Sandbox.create(memory_mb=512, **through(first))
+    made.append(spilled)
+    info = spilled.get_info()
+    assert (info.region, info.memory_mb) == (second_region, 512)
+    assert spilled.commands.run("true").exit_code == 0
+    # Naming the full region keeps the create there: its scheduler refuses it for lack of room.
+    with pytest.raises(ResourceExhaustedError):
+        made.append(Sandbox.create(memory_mb=512, region=first_region, **through(first)))
+
+
+def test_a_region_the_installation_does_not_have_is_refused_by_name(regions: tuple[Any, Any, str, str]) -> None:
+    first, _, first_region, second_region = regions
+    with pytest.raises(InvalidArgumentError) as refused:
+        Sandbox.create(region="mars-1", **through(first))
+    assert "mars-1" in str(refused.value) and second_region in str(refused.value)
+
+
+def test_a_sandbox_no_region_holds_is_not_found(regions: tuple[Any, Any, str, str]) -> None:
+    _, second, _, _ = regions
+    with pytest.raises(NotFoundError):
+        Sandbox.connect(f"nowhere-{uuid.uuid4().hex[:8]}", **through(second))
+
+
+def test_a_snapshot_taken_in_one_region_is_copied_to_the_other_and_restored_there(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    source = Sandbox.create(region=first_region, **through(first))
+    made.append(source)
+    payload = uuid.uuid4().hex
+    source.files.write("/home/payload.txt", payload.encode())
+    taken = source.snapshot(name=f"travel-{payload[:8]}")
+    assert taken.region == first_region
+
+    # Asked of the first region's gateway; the second region pulls the bytes.
+    copied = Snapshot.copy(taken.id, second_region, **through(first))
+    assert (copied.id, copied.name, copied.region) == (taken.id, taken.name, second_region)
+    assert copied.size_bytes == taken.size_bytes
+    # Again: nothing to do, the same snapshot.
+    assert Snapshot.copy(taken.name or "", second_region, **through(second), from_region=first_region).id == taken.id
+    assert Snapshot.get(taken.id, **through(second)).region == second_region
+
+    restored = Sandbox.create(snapshot=taken.id, region=second_region, **through(second))
+    made.append(restored)
+    assert restored.get_info().region == second_region
+    assert restored.files.read("/home/payload.txt") == payload
+
+
+def test_copying_a_snapshot_the_source_region_lacks_is_not_found(regions: tuple[Any, Any, str, str]) -> None:
+    first, _, _, second_region = regions
+    with pytest.raises(NotFoundError):
+        Snapshot.copy(f"snap-missing{uuid.uuid4().hex[:6]}", second_region, **through(first))
+
+
+def test_when_one_regions_nats_server_dies_the_other_keeps_serving_and_it_recovers_on_return(
+    two_regions: Any, regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    own = Sandbox.create(region=first_region, **through(first))
+    made.append(own)
+    second.kill("nats")
+    try:
+        # The first region serves its own sandboxes, old and new, with the second's bus gone.
+        assert own.commands.run("echo still here").stdout.strip() == "still here"
+        fresh = Sandbox.create(region=first_region, **through(first))
+        made.append(fresh)
+        assert fresh.commands.run("true").exit_code == 0
+    finally:
+        second.restart("nats")
+
+    # The second region's services reconnect by themselves and place sandboxes again.
+    def second_region_creates() -> Sandbox:
+        return Sandbox.create(region=second_region, request_timeout=60, **through(second))
+
+    back = eventually_sync(second_region_creates, timeout=120, interval=2)
+    made.append(back)
+    assert back.get_info().region == second_region
+    assert back.commands.run("echo back").stdout.strip() == "back"
+
+
+def test_each_regions_bill_holds_both_regions_usage_exactly_once(
+    regions: tuple[Any, Any, str, str],
+) -> None:
+    first, second, first_region, second_region = regions
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    lifetimes: dict[str, float] = {}
+    for stack in (first, second):
+        began = time.monotonic()
+        sandbox = Sandbox.create(region=region_of(stack), **through(stack))
+        try:
+            sandbox.commands.run("timeout 3 sh -c 'while :; do :; done' || true")
+        finally:
+            sandbox.kill()
+            lifetimes[sandbox.id] = time.monotonic() - began
+            sandbox.close()
+    end = datetime.now(UTC) + timedelta(minutes=1)
+
+    def running_seconds(stack: Any, sandbox_id: str) -> float:
+        summary = Usage.query(start=start, end=end, sandbox=sandbox_id, **through(stack))
+        return summary.total.running_seconds
+
+    def settled() -> dict[str, tuple[float, float]]:
+        seen = {s: (running_seconds(first, s), running_seconds(second, s)) for s in lifetimes}
+        assert all(a > 0 and a == b for a, b in seen.values()), seen
+        return seen
+
+    seen = eventually_sync(settled, timeout=90, interval=2)
+    for sandbox_id, (in_first, _) in seen.items():
+        # Once, not twice: no more running time than the sandbox lived, and most of it.
+        assert 0.5 * lifetimes[sandbox_id] <= in_first <= lifetimes[sandbox_id] + 2, (sandbox_id, in_first)
+
+
+def spans_of_trace(stack: Any, trace_id: str) -> list[dict[str, Any]]:
+    """The spans of one trace that a region's services exported to its traces file."""
+    path = stack.home / "local" / "logs" / "traces.jsonl"
+    found = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            span = json.loads(line)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+        if span["context"]["trace_id"] == trace_id:
+            found.append(span)
+    return found
+
+
+def test_one_trace_follows_a_create_from_one_regions_gateway_into_the_other_region(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, _ = regions
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("caller") as caller:
+        sandbox = Sandbox.create(region=first_region, **through(second))
+    made.append(sandbox)
+    trace_id = f"0x{caller.get_span_context().trace_id:032x}"
+
+    def both_regions_traced() -> tuple[set[str], set[str]]:
+        near = {s["resource"]["attributes"]["service.name"] for s in spans_of_trace(second, trace_id)}
+        far = {s["resource"]["attributes"]["service.name"] for s in spans_of_trace(first, trace_id)}
+        assert "gateway" in near and {"gateway", "scheduler", "node-agent"} <= far, (near, far)
+        return near, far
+
+    near, far = eventually_sync(both_regions_traced, timeout=30, interval=0.5)
+    assert len(near | far) >= 3

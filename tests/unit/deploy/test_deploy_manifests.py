@@ -39,10 +39,10 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from ruamel.yaml import YAML
 
-from hutch.core.config import ServiceSettings
+from hutch.core.config import RegionAddresses, ServiceSettings
 from hutch.local.credentials import StackSecrets
 from hutch.local.paths import StackPaths
 from hutch.local.process import find_executable
@@ -488,6 +488,19 @@ def test_overlay_sets_its_region_everywhere(overlay: Path) -> None:
 def test_all_regions_list_the_same_gateways() -> None:
     confs = {built(o).config_maps["nats-config"]["gateways.conf"] for o in OVERLAYS}
     assert len(confs) == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_overlay_names_every_other_region_as_a_peer(overlay: Path) -> None:
+    maps = built(overlay).config_maps
+    others = sorted(p.name for p in OVERLAYS if p != overlay)
+    peers = ServiceSettings(region=overlay.name, peer_regions=maps["hutch-common"]["HUTCH_PEER_REGIONS"]).peer_regions
+    assert sorted(peers) == others, "billing reads every other region's usage"
+    adapter: TypeAdapter[dict[str, str]] = TypeAdapter(RegionAddresses)
+    gateways = adapter.validate_python(maps["hutch-gateway"]["HUTCH_GATEWAY__PEER_GATEWAYS"])
+    stores = adapter.validate_python(maps["hutch-snapshot-store"]["HUTCH_SNAPSHOT_STORE__PEER_STORES"])
+    assert list(gateways) == list(peers), "calls go on to every other region's gateway, nearest first"
+    assert sorted(stores) == others, "snapshots are copied from every other region's store"
 
 
 def test_local_gateways_name_every_region() -> None:

@@ -198,11 +198,11 @@ def local_stack(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator
         stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def two_regions(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator[TwoRegions]:
     """Two regions of the platform (`local` and `local-2`), detached, in a temporary HUTCH_HOME on free
-    ports, their NATS servers joined as a supercluster; stopped and cleared from the host at session
-    end. Set up like `local_stack` (same test settings, same fake internet). Skips when a service's
+    ports, their NATS servers joined as a supercluster; stopped and cleared from the host at the end
+    of the module (fourteen more processes would otherwise share the CPU with every later test). Set up like `local_stack` (same test settings, same fake internet). Skips when a service's
     console script is not installed."""
     from hutch.testing.local_stack import missing_services
     from hutch.testing.regions import TwoRegions

@@ -145,10 +145,16 @@ def test_a_snapshot_taken_in_one_region_is_copied_to_the_other_and_restored_ther
     assert restored.files.read("/home/payload.txt") == payload
 
 
-def test_copying_a_snapshot_the_source_region_lacks_is_not_found(regions: tuple[Any, Any, str, str]) -> None:
-    first, _, _, second_region = regions
+def test_copies_of_an_unknown_snapshot_or_between_unknown_or_equal_regions_are_refused(
+    regions: tuple[Any, Any, str, str],
+) -> None:
+    first, _, first_region, second_region = regions
     with pytest.raises(NotFoundError):
         Snapshot.copy(f"snap-missing{uuid.uuid4().hex[:6]}", second_region, **through(first))
+    with pytest.raises(InvalidArgumentError, match="mars-1"):
+        Snapshot.copy("snap-any", "mars-1", **through(first))
+    with pytest.raises(InvalidArgumentError, match="name the region it is in"):
+        Snapshot.copy("snap-any", first_region, **through(first))
 
 
 def test_when_one_regions_nats_server_dies_the_other_keeps_serving_and_it_recovers_on_return(

@@ -202,8 +202,9 @@ def local_stack(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator
 def two_regions(server_tmp_root: Path, stack_internet: FakeInternet) -> Iterator[TwoRegions]:
     """Two regions of the platform (`local` and `local-2`), detached, in a temporary HUTCH_HOME on free
     ports, their NATS servers joined as a supercluster; stopped and cleared from the host at the end
-    of the module (fourteen more processes would otherwise share the CPU with every later test). Set up like `local_stack` (same test settings, same fake internet). Skips when a service's
-    console script is not installed."""
+    of the module (fourteen more processes would otherwise share the CPU with every later test).
+    Set up like `local_stack` (same test settings, same fake internet). Skips when a service's console
+    script is not installed."""
     from hutch.testing.local_stack import missing_services
     from hutch.testing.regions import TwoRegions
 

@@ -97,6 +97,8 @@ async def run(settings: GatewaySettings) -> None:
             pools = WarmPools(pool, relay, nodes, channels, region)
             peers = PeerGateways(region, options.peer_gateways, settings.grpc.max_message_bytes)
             index = SandboxIndex(region, peers.regions, bus.kv, bus.js.key_value)
+            if peers.regions:
+                await index.open()
             service = SandboxService(
                 pool,
                 relay,

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from hutch_gateway.domain import SANDBOX_ID_PREFIX, SandboxRecord
@@ -81,6 +81,11 @@ class SandboxIndex:
     def peers(self) -> tuple[str, ...]:
         return self._peers
 
+    async def open(self) -> None:
+        """Creates this region's bucket at start, so that peers find it even before the first create:
+        a bucket they cannot find then means this region is out of their reach."""
+        self._own = await self._open_own(index_bucket(self._region))
+
     async def record(self, record: SandboxRecord) -> None:
         """Writes a sandbox of this region (once per process; later calls for it are free)."""
         if record.id in self._written:
@@ -137,9 +142,10 @@ class SandboxIndex:
                             data = json.loads(entry.value)
                             return Located(region, str(data["sandbox"]), float(data["created_at"]))
                 return None
-        except (BucketNotFoundError, NotFoundError):
-            return None  # that region's gateways never indexed anything
         except Exception as exc:
+            # Including "no such bucket": every gateway creates its region's at start, so a region
+            # whose bucket cannot be seen (its cluster away, or this server still catching up after
+            # a restart) did not answer.
             self._peer_buckets.pop(region, None)
             log.info("region %s did not answer a sandbox lookup: %r", region, exc)
             return _UNREACHABLE

@@ -101,6 +101,10 @@ class Fence:
             return cls(node_id=node_id, fenced_at=datetime.now(UTC))
 
 
+# A fence watch that hears nothing for this long is started afresh (it re-reads every key).
+QUIET_FENCES_S = 30.0
+
+
 class NodeDirectory:
     """A live view of the node KV bucket (and, when given, the fenced bucket), kept current by watchers."""
 
@@ -108,6 +112,10 @@ class NodeDirectory:
         self._kv = kv
         self._fenced_kv = fenced
         self._grace = timedelta(seconds=grace_s)
+        # Nodes beat every two seconds, so a watch this quiet is broken (its consumer went with a NATS
+        # server's restart) or there is nothing to watch: watching afresh, well before a node's last
+        # beat ages past the grace period, keeps live nodes from looking lost.
+        self._quiet_restart_s = max(1.0, grace_s / 2)
         self._nodes: dict[str, NodeInfo] = {}
         self._fences: dict[str, Fence] = {}
         self._loaded = asyncio.Event()
@@ -116,9 +124,12 @@ class NodeDirectory:
             self._fences_loaded.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        watches = [self._keep_watching(self._kv, self._apply, self._loaded, stop)]
+        watches = [self._keep_watching(self._kv, self._apply, self._loaded, stop, self._quiet_restart_s)]
         if self._fenced_kv is not None:
-            watches.append(self._keep_watching(self._fenced_kv, self._apply_fence, self._fences_loaded, stop))
+            # Fences change rarely: a quiet fence watch is the normal case.
+            watches.append(
+                self._keep_watching(self._fenced_kv, self._apply_fence, self._fences_loaded, stop, QUIET_FENCES_S)
+            )
         await asyncio.gather(*watches)
 
     async def _keep_watching(
@@ -127,10 +138,11 @@ class NodeDirectory:
         apply: Callable[[str, bytes | None, str | None], None],
         loaded: asyncio.Event,
         stop: asyncio.Event,
+        quiet_restart_s: float,
     ) -> None:
         while not stop.is_set():
             try:
-                await self._watch(kv, apply, loaded, stop)
+                await self._watch(kv, apply, loaded, stop, quiet_restart_s)
             except Exception as exc:  # NATS away or the watch consumer expired: watch again
                 log.warning("node directory watch restarting: %r", exc)
                 await asyncio.sleep(0.5)
@@ -141,6 +153,7 @@ class NodeDirectory:
         apply: Callable[[str, bytes | None, str | None], None],
         loaded: asyncio.Event,
         stop: asyncio.Event,
+        quiet_restart_s: float,
     ) -> None:
         watcher = await kv.watchall()
         quiet_since = asyncio.get_running_loop().time()
@@ -150,8 +163,8 @@ class NodeDirectory:
                     # Short waits so that a shutdown is noticed within a second.
                     entry = await watcher.updates(timeout=1.0)
                 except Exception:
-                    if asyncio.get_running_loop().time() - quiet_since > 30:
-                        return  # quiet for long: start a fresh watch, which also re-reads every key
+                    if asyncio.get_running_loop().time() - quiet_since > quiet_restart_s:
+                        return  # start a fresh watch, which also re-reads every key
                     continue
                 quiet_since = asyncio.get_running_loop().time()
                 if entry is None:

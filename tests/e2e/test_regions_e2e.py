@@ -263,6 +263,10 @@ def test_a_snapshot_taken_in_one_region_is_copied_to_the_other_and_restored_ther
     taken = source.snapshot(name=f"travel-{payload[:8]}")
     assert taken.region == first_region
 
+    # Not in the second region until copied there.
+    with pytest.raises(NotFoundError, match="copied here first"):
+        Sandbox.create(snapshot=taken.id, region=second_region, **through(second))
+
     # Asked of the first region's gateway; the second region pulls the bytes.
     copied = Snapshot.copy(taken.id, second_region, **through(first))
     assert (copied.id, copied.name, copied.region) == (taken.id, taken.name, second_region)

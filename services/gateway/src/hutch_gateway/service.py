@@ -170,7 +170,16 @@ class SandboxService:
         """Looks the snapshot up (NOT_FOUND for another tenant's) and completes the request from it."""
         if self._snapshots is None:
             raise errors.Unavailable("snapshots are not set up here")
-        manifest = await self._snapshots.get(tenant_id, request.snapshot)
+        try:
+            manifest = await self._snapshots.get(tenant_id, request.snapshot)
+        except errors.NotFound as exc:
+            if self._index is None or not self._index.peers:
+                raise
+            # Snapshots are stored per region: one taken elsewhere has to be copied here first.
+            raise errors.NotFound(
+                f"{exc.message} in region {self._region!r}; a snapshot of another region is copied here "
+                f"first (Snapshots.Copy, `hutch snapshot copy SNAPSHOT --to {self._region}`)"
+            ) from exc
         memory = manifest.kind == snapshot_store_pb2.SNAPSHOT_KIND_MEMORY
         spec = parse_spec(manifest.spec, memory=memory, snapshot_id=manifest.id)
         limits = Limits(self._options.max_cpu_millis, self._options.max_memory_mb)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -132,6 +133,34 @@ def fenced_bucket(region: str) -> str:
     return f"fenced_{region.replace('-', '_')}"
 
 
+class _FetchTrouble:
+    """Failed fetches of one consumer: waits longer after each (0.5 s doubling up to 5 s) and logs
+    the first, one line a minute while they go on, and the recovery, so that a stream that is away
+    for long (another region's, during its outage) neither spins nor floods the log."""
+
+    FIRST_WAIT_S = 0.5
+    LONGEST_WAIT_S = 5.0
+    REPEAT_LOG_S = 60.0
+
+    def __init__(self, durable: str) -> None:
+        self._durable = durable
+        self._failures = 0
+        self._logged_at = 0.0
+
+    async def failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1 or now - self._logged_at >= self.REPEAT_LOG_S:
+            self._logged_at = now
+            log.warning("fetch on %s failed (%d in a row): %r", self._durable, self._failures, exc)
+        await asyncio.sleep(min(self.LONGEST_WAIT_S, self.FIRST_WAIT_S * 2 ** (self._failures - 1)))
+
+    def recovered(self) -> None:
+        if self._failures:
+            log.info("fetch on %s works again after %d failures", self._durable, self._failures)
+            self._failures = 0
+
+
 @dataclass(frozen=True)
 class ConsumerSpec:
     stream: StreamSpec
@@ -238,6 +267,7 @@ class Bus:
     async def consume(self, spec: ConsumerSpec, handler: EventHandler, stop: asyncio.Event) -> None:
         """Runs a durable pull consumer until `stop` is set."""
         sub = await self._subscribe(spec, max(64, spec.max_in_flight * 4))
+        trouble = _FetchTrouble(spec.durable)
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(spec.max_in_flight)
         try:
@@ -248,9 +278,9 @@ class Bus:
                 except (TimeoutError, NatsTimeout):
                     continue
                 except Exception as exc:  # connection trouble: the client reconnects by itself
-                    log.warning("fetch on %s failed: %r", spec.durable, exc)
-                    await asyncio.sleep(0.5)
+                    await trouble.failed(exc)
                     continue
+                trouble.recovered()
                 _note_fetched(spec, msgs)
                 for msg in msgs:
                     await slots.acquire()
@@ -311,6 +341,7 @@ class Bus:
         their own, as in `consume`.
         """
         sub = await self._subscribe(spec, max(1024, batch_size * 4))
+        trouble = _FetchTrouble(spec.durable)
         try:
             while not stop.is_set():
                 try:
@@ -318,9 +349,9 @@ class Bus:
                 except (TimeoutError, NatsTimeout):
                     continue
                 except Exception as exc:  # connection trouble: the client reconnects by itself
-                    log.warning("fetch on %s failed: %r", spec.durable, exc)
-                    await asyncio.sleep(0.5)
+                    await trouble.failed(exc)
                     continue
+                trouble.recovered()
                 _note_fetched(spec, msgs)
                 await self._handle_batch(spec, msgs, handler)
         finally:

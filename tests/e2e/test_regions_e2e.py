@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from hutch import InvalidArgumentError, Nodes, NotFoundError, ResourceExhaustedError, Sandbox, Snapshot, Usage
 from hutch.core.bus import sandbox_stream
 from hutch.local.health import grpc_serving
+from hutch.local.services import installed_script, service
 from hutch.local.stack import read_state
 from hutch.local.state import StackState
 from hutch.testing.eventually import eventually_sync
@@ -244,6 +246,45 @@ def test_a_region_the_installation_does_not_have_is_refused_by_name(regions: tup
     with pytest.raises(InvalidArgumentError) as refused:
         Sandbox.create(region="mars-1", **through(first))
     assert "mars-1" in str(refused.value) and second_region in str(refused.value)
+
+
+def add_key(stack: LocalStack, tenant: str, key: str) -> subprocess.CompletedProcess[str]:
+    """`hutch-gateway admin add-key TENANT` in `stack`'s region, the key on standard input."""
+    script = installed_script(service("gateway"))
+    assert script is not None
+    return subprocess.run(
+        [str(script), "admin", "add-key", tenant],
+        input=key + "\n",
+        env=stack.service_env("gateway"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_another_tenant_with_a_key_in_both_regions_reaches_none_of_this_tenants_sandboxes(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    mine = Sandbox.create(name=f"mine-{uuid.uuid4().hex[:6]}", region=first_region, **through(first))
+    made.append(mine)
+    tenant = f"other-{uuid.uuid4().hex[:6]}"
+    key = first.create_tenant(tenant)
+    assert add_key(second, tenant, "not-a-key").returncode != 0
+    added = add_key(second, tenant, key)
+    assert added.returncode == 0, added.stderr
+    theirs = {"endpoint": second.endpoint, "api_key": key}
+
+    # The key works in the second region now, for a sandbox of its own tenant in the first region...
+    own = Sandbox.create(region=first_region, **theirs)
+    made.append(own)
+    assert Sandbox.get_info(own.id, **theirs).region == first_region
+    # ...and reaches nothing of the dev tenant's, by id or by name, through either region.
+    for where in (theirs, {"endpoint": first.endpoint, "api_key": key}):
+        for ref in (mine.id, mine.name or ""):
+            with pytest.raises(NotFoundError):
+                Sandbox.get_info(ref, **where)
 
 
 def test_a_sandbox_no_region_holds_is_not_found(regions: tuple[Any, Any, str, str]) -> None:

@@ -16,6 +16,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -65,6 +68,36 @@ def _valid_ref(ref: str) -> bool:
     return bool(ref) and all(c.isalnum() or c == "-" for c in ref) and ref.isascii()
 
 
+class FoundCache:
+    """Recent lookups that found a sandbox in another region, so that a client's stream of calls to
+    it does not read the index each time. A sandbox never changes region, so an id is kept until
+    the cache is full; a name may be taken by a newer sandbox elsewhere, so it is kept briefly."""
+
+    MAX_ENTRIES = 10_000
+    NAME_TTL_S = 5.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[Located, float]] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Located | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        located, expires_at = entry
+        if self._clock() >= expires_at:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return located
+
+    def put(self, key: tuple[str, str], located: Located, *, by_id: bool) -> None:
+        self._entries[key] = (located, math.inf if by_id else self._clock() + self.NAME_TTL_S)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.MAX_ENTRIES:
+            self._entries.popitem(last=False)
+
+
 class SandboxIndex:
     """This region's entries (written) and the peer regions' (read)."""
 
@@ -76,6 +109,7 @@ class SandboxIndex:
         self._own: KeyValue | None = None
         self._peer_buckets: dict[str, KeyValue] = {}
         self._written: set[str] = set()
+        self._found = FoundCache()
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -105,9 +139,13 @@ class SandboxIndex:
 
     async def sync(self, live: LiveSandboxes) -> int:
         """Writes every live sandbox not written yet; returns how many it wrote."""
-        fresh = [r for r in await live() if r.id not in self._written]
+        records = await live()
+        fresh = [r for r in records if r.id not in self._written]
         for record in fresh:
             await self.record(record)
+        # Ended sandboxes stay in the bucket; forgetting them here keeps this set as small as the
+        # region's live sandboxes.
+        self._written &= {r.id for r in records}
         return len(fresh)
 
     async def run_sync(self, live: LiveSandboxes, stop: asyncio.Event, every_s: float = 30.0) -> None:
@@ -124,10 +162,15 @@ class SandboxIndex:
         """The peer region holding the tenant's sandbox `ref` (id or name), newest first."""
         if not self._peers or not _valid_ref(ref):
             return Lookup(None)
+        cached = self._found.get((tenant_id, ref))
+        if cached is not None:
+            return Lookup(cached)
         answers = await asyncio.gather(*(self._read(region, _keys(tenant_id, ref)) for region in self._peers))
         found = [a for a in answers if isinstance(a, Located)]
         unreachable = tuple(region for region, a in zip(self._peers, answers, strict=True) if a is _UNREACHABLE)
         best = max(found, key=lambda located: located.created_at, default=None)
+        if best is not None and not unreachable:
+            self._found.put((tenant_id, ref), best, by_id=ref == best.sandbox_id)
         return Lookup(best, unreachable)
 
     async def _read(self, region: str, keys: list[str]) -> Located | object | None:

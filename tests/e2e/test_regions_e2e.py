@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import nats
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -33,6 +34,7 @@ from hutch.local.state import StackState
 from hutch.testing.eventually import eventually_sync
 from hutch.testing.local_stack import LocalStack
 from hutch.testing.regions import TwoRegions
+from hutch.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -285,6 +287,37 @@ def test_another_tenant_with_a_key_in_both_regions_reaches_none_of_this_tenants_
         for ref in (mine.id, mine.name or ""):
             with pytest.raises(NotFoundError):
                 Sandbox.get_info(ref, **where)
+
+
+def test_a_list_of_every_region_pages_through_both_regions_newest_first(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    label = {"list-test": uuid.uuid4().hex[:8]}
+    for region in (first_region, second_region, first_region):
+        made.append(Sandbox.create(metadata=label, region=region, **through(second)))
+    newest_first = [s.id for s in reversed(made)]
+
+    assert [s.id for s in Sandbox.list(metadata=label, **through(first))] == [made[2].id, made[0].id]
+    everywhere = Sandbox.list(metadata=label, all_regions=True, **through(first))
+    assert [s.id for s in everywhere] == newest_first
+    assert [s.region for s in everywhere] == [first_region, second_region, first_region]
+
+    # One sandbox a page: each page's token goes on in both regions.
+    channel = grpc.insecure_channel(first.endpoint)
+    try:
+        stub = sandbox_pb2_grpc.SandboxesStub(channel)
+        request = sandbox_pb2.ListSandboxesRequest(metadata=label, page_size=1, all_regions=True)
+        paged: list[str] = []
+        while True:
+            response = stub.List(request, metadata=(("authorization", f"Bearer {first.api_key}"),), timeout=30)
+            paged.extend(s.id for s in response.sandboxes)
+            if not response.next_page_token:
+                break
+            request.page_token = response.next_page_token
+        assert paged == newest_first
+    finally:
+        channel.close()
 
 
 def test_a_sandbox_no_region_holds_is_not_found(regions: tuple[Any, Any, str, str]) -> None:

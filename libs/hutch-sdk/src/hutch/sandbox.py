@@ -374,6 +374,7 @@ class AsyncSandbox:
         metadata: Mapping[str, str] | None = None,
         states: Iterable[SandboxState | str] | None = None,
         *,
+        all_regions: bool = False,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -384,6 +385,8 @@ class AsyncSandbox:
             metadata: Only sandboxes whose metadata holds all of these pairs.
             states: Only sandboxes in these states, e.g. ["running"]; when None, all but killed and
                 failed ones.
+            all_regions: Every region's sandboxes, newest first across them (`SandboxInfo.region`
+                says where each runs); by default only the region of the gateway you call.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for each page; None waits as long as the gateway takes.
@@ -398,6 +401,7 @@ class AsyncSandbox:
         request = sandbox_pb2.ListSandboxesRequest(
             metadata=dict(metadata or {}),
             states=[state.to_proto() for state in sandbox_states(states)],
+            all_regions=all_regions,
         )
         found: builtins.list[SandboxInfo] = []
         async with Connection(resolve(api_key, endpoint, request_timeout)) as connection:
@@ -911,6 +915,7 @@ class Sandbox:
         metadata: Mapping[str, str] | None = None,
         states: Iterable[SandboxState | str] | None = None,
         *,
+        all_regions: bool = False,
         api_key: str | None = None,
         endpoint: str | None = None,
         request_timeout: float | None = None,
@@ -921,6 +926,8 @@ class Sandbox:
             metadata: Only sandboxes whose metadata holds all of these pairs.
             states: Only sandboxes in these states, e.g. ["running"]; when None, all but killed and
                 failed ones.
+            all_regions: Every region's sandboxes, newest first across them (`SandboxInfo.region`
+                says where each runs); by default only the region of the gateway you call.
             api_key: Overrides HUTCH_API_KEY and the config file.
             endpoint: Overrides HUTCH_ENDPOINT and the config file.
             request_timeout: Seconds to wait for each page; None waits as long as the gateway takes.
@@ -933,7 +940,14 @@ class Sandbox:
             HutchError: Another failure; the subclass says which.
         """
         return PORTAL.run(
-            AsyncSandbox.list(metadata, states, api_key=api_key, endpoint=endpoint, request_timeout=request_timeout)
+            AsyncSandbox.list(
+                metadata,
+                states,
+                all_regions=all_regions,
+                api_key=api_key,
+                endpoint=endpoint,
+                request_timeout=request_timeout,
+            )
         )
 
     def _get_info(self) -> SandboxInfo:

@@ -5,7 +5,8 @@ Every public call is served here first. When it fails because the tenant has no 
 holds it, the call is passed to that region's gateway and its answer relayed, before any response
 was sent: a request stream is replayed from its first message. Creates go where they are asked to
 (`CreateSandboxRequest.region`); one that names no region stays here while this region has room and
-otherwise goes to the nearest region that has (`region_placement`).
+otherwise goes to the nearest region that has (`region_placement`). A list of every region's
+sandboxes (`all_regions`) asks each region for the same page and merges them.
 
 The router sits inside the service's main interceptor, so forwarded calls are traced and timed like
 any other, and the errors it raises reach the caller through the one error table.
@@ -13,19 +14,23 @@ any other, and the errors it raises reach the caller through the one error table
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
 from hutch.core import errors
 from hutch.v1 import sandbox_pb2, snapshot_pb2
+from hutch_gateway import store
 from hutch_gateway.auth import Authenticator, key_from_metadata
 from hutch_gateway.domain import SandboxNotFound
 from hutch_gateway.region_index import SandboxIndex
 from hutch_gateway.region_peers import FORWARDED_FROM, ONLY_IF_ROOM, PeerGateways
 from hutch_gateway.region_placement import PLACEMENT, NoRoomInRegion, Placement
+from hutch_gateway.service import DEFAULT_PAGE_SIZE
 
 if TYPE_CHECKING:
     from hutch.core.grpc_runtime import Context, Handler
@@ -78,7 +83,7 @@ class RegionRouter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Handler:
         handler = await continuation(details)
         method: str = details.method
-        routed = method.startswith(ROUTED) and method != LIST or method == COPY_SNAPSHOT
+        routed = method.startswith(ROUTED) or method == COPY_SNAPSHOT
         if handler is None or not routed or not self._peers.regions:
             return handler
         metadata: Metadata = tuple(details.invocation_metadata or ())
@@ -92,6 +97,8 @@ class RegionRouter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return _rebuilt(handler, self._create_unary(handler, metadata), _no_streaming)
         if method == COPY_SNAPSHOT:
             return _rebuilt(handler, self._copy_unary(handler, metadata), _no_streaming)
+        if method == LIST:
+            return _rebuilt(handler, self._list_unary(handler, metadata), _no_streaming)
         return _rebuilt(handler, self._unary(handler, method, metadata), self._streaming(handler, method, metadata))
 
     # -- calls that name a sandbox
@@ -180,6 +187,25 @@ class RegionRouter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return create
 
+    # -- listing every region
+
+    def _list_unary(self, handler: Handler, metadata: Metadata) -> Callable[..., Awaitable[Any]]:
+        behaviour: Any = handler.unary_unary
+
+        async def list_sandboxes(request: sandbox_pb2.ListSandboxesRequest, context: Context) -> Any:
+            if not request.all_regions:
+                return await behaviour(request, context)
+            outgoing = self._peers.metadata(metadata)
+
+            async def listed_in(region: str) -> sandbox_pb2.ListSandboxesResponse:
+                raw = await self._peers.unary(region, LIST, request, outgoing, context.time_remaining())
+                return sandbox_pb2.ListSandboxesResponse.FromString(raw)
+
+            pages = await asyncio.gather(behaviour(request, context), *map(listed_in, self._peers.regions))
+            return merged_page(pages, request.page_size or DEFAULT_PAGE_SIZE)
+
+        return list_sandboxes
+
     # -- snapshot copies
 
     def _copy_unary(self, handler: Handler, metadata: Metadata) -> Callable[..., Awaitable[Any]]:
@@ -197,6 +223,17 @@ class RegionRouter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return await self._peers.unary(request.to_region, COPY_SNAPSHOT, there, outgoing, context.time_remaining())
 
         return copy
+
+
+def merged_page(pages: Sequence[sandbox_pb2.ListSandboxesResponse], size: int) -> sandbox_pb2.ListSandboxesResponse:
+    """One page of every region's sandboxes from each region's page of the same request: the newest
+    `size` in the order every region pages in, and a token that each region goes on from."""
+    everyone = [sandbox for page in pages for sandbox in page.sandboxes]
+    everyone.sort(key=lambda s: (s.created_at.ToDatetime(tzinfo=UTC), s.id), reverse=True)
+    page = everyone[:size]
+    more = len(everyone) > size or any(p.next_page_token for p in pages)
+    token = store.page_token(page[-1].created_at.ToDatetime(tzinfo=UTC), page[-1].id) if more and page else ""
+    return sandbox_pb2.ListSandboxesResponse(sandboxes=page, next_page_token=token)
 
 
 @contextlib.contextmanager

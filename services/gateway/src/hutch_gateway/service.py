@@ -48,6 +48,7 @@ Waker = Callable[[str, str], Awaitable[SandboxRecord]]
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,9 @@ class SandboxService:
         if page_size > MAX_PAGE_SIZE:
             raise errors.InvalidArgument(f"page_size may be at most {MAX_PAGE_SIZE}")
         wanted = states or list(LIVE_STATES)
-        return await store.list_for_tenant(self._db, tenant_id, metadata, wanted, page_size or 100, page_token)
+        return await store.list_for_tenant(
+            self._db, tenant_id, metadata, wanted, page_size or DEFAULT_PAGE_SIZE, page_token
+        )
 
     async def kill(self, tenant_id: str, ref: str) -> SandboxRecord:
         record = await self.get(tenant_id, ref)

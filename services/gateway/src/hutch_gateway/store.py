@@ -218,7 +218,13 @@ async def list_for_tenant(
 
 
 def _encode_token(record: SandboxRecord) -> str:
-    raw = json.dumps({"t": record.created_at.isoformat(), "id": record.id}).encode()
+    return page_token(record.created_at, record.id)
+
+
+def page_token(created_at: datetime, sandbox_id: str) -> str:
+    """The token of the page after the sandbox created at `created_at` with this id. Pages are in one
+    order in every region (newest first, then by id), so a token goes on in any region."""
+    raw = json.dumps({"t": created_at.isoformat(), "id": sandbox_id}).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 

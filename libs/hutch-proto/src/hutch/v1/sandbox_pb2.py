@@ -27,7 +27,7 @@ from hutch.v1 import network_pb2 as hutch_dot_v1_dot_network__pb2
 from hutch.v1 import snapshot_pb2 as hutch_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hutch/v1/sandbox.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutch/v1/network.proto\x1a\x17hutch/v1/snapshot.proto\"2\n\tResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\"\xfc\x05\n\x07Sandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.hutch.v1.SandboxState\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.hutch.v1.Resources\x12\x31\n\x08metadata\x18\x06 \x03(\x0b\x32\x1f.hutch.v1.Sandbox.MetadataEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\r\x12\x14\n\x0cstate_reason\x18\x0b \x01(\t\x12\x0e\n\x06region\x18\x0c \x01(\t\x12\x11\n\tisolation\x18\r \x01(\t\x12\x14\n\x0cpublic_ports\x18\x0e \x03(\r\x12.\n\nexpires_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07network\x18\x14 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\x12\x17\n\x0fsource_snapshot\x18\x1e \x01(\t\x12\x13\n\x0b\x66orked_from\x18\x1f \x01(\t\x12\x17\n\x0fpaused_snapshot\x18  \x01(\t\x12 \n\x18\x61uto_sleep_after_seconds\x18( \x01(\r\x12\x0e\n\x06\x61sleep\x18) \x01(\x08\x12\x19\n\x11memory_ceiling_mb\x18* \x01(\r\x12.\n\nidle_since\x18+ \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x03\n\x14\x43reateSandboxRequest\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.hutch.v1.Resources\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.hutch.v1.CreateSandboxRequest.MetadataEntry\x12\x36\n\x04\x65nvs\x18\x05 \x03(\x0b\x32(.hutch.v1.CreateSandboxRequest.EnvsEntry\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\r\x12\x11\n\tisolation\x18\x07 \x01(\t\x12\r\n\x05trust\x18\x08 \x01(\t\x12(\n\x07network\x18\x14 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\x12\x10\n\x08snapshot\x18\x1e \x01(\t\x12 \n\x18\x61uto_sleep_after_seconds\x18( \x01(\r\x12\x19\n\x11memory_ceiling_mb\x18* \x01(\r\x12\x0e\n\x06region\x18\x32 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x11GetSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\xd6\x01\n\x14ListSandboxesRequest\x12>\n\x08metadata\x18\x01 \x03(\x0b\x32,.hutch.v1.ListSandboxesRequest.MetadataEntry\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.hutch.v1.SandboxState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\x15ListSandboxesResponse\x12$\n\tsandboxes\x18\x01 \x03(\x0b\x32\x11.hutch.v1.Sandbox\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x12KillSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"=\n\x11SetTimeoutRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\r\"Q\n\x14GetPreviewUrlRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\r\"f\n\nPreviewUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x18SetPortVisibilityRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06public\x18\x03 \x01(\x08\"\xa4\x01\n\x16SnapshotSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x06labels\x18\x03 \x03(\x0b\x32,.hutch.v1.SnapshotSandboxRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x13PauseSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\'\n\x14ResumeSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\xa3\x01\n\x12\x46orkSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.hutch.v1.ForkSandboxRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x13\x46orkSandboxResponse\x12$\n\tsandboxes\x18\x01 \x03(\x0b\x32\x11.hutch.v1.Sandbox\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\"O\n\x14ResizeSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12&\n\tresources\x18\x02 \x01(\x0b\x32\x13.hutch.v1.Resources*\xcd\x01\n\x0cSandboxState\x12\x1d\n\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SANDBOX_STATE_PENDING\x10\x01\x12\x19\n\x15SANDBOX_STATE_RUNNING\x10\x02\x12\x1a\n\x16SANDBOX_STATE_STOPPING\x10\x03\x12\x18\n\x14SANDBOX_STATE_KILLED\x10\x04\x12\x18\n\x14SANDBOX_STATE_FAILED\x10\x05\x12\x18\n\x14SANDBOX_STATE_PAUSED\x10\x06\x32\x8e\x06\n\tSandboxes\x12;\n\x06\x43reate\x12\x1e.hutch.v1.CreateSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12\x35\n\x03Get\x12\x1b.hutch.v1.GetSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12G\n\x04List\x12\x1e.hutch.v1.ListSandboxesRequest\x1a\x1f.hutch.v1.ListSandboxesResponse\x12\x37\n\x04Kill\x12\x1c.hutch.v1.KillSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12<\n\nSetTimeout\x12\x1b.hutch.v1.SetTimeoutRequest\x1a\x11.hutch.v1.Sandbox\x12\x45\n\rGetPreviewUrl\x12\x1e.hutch.v1.GetPreviewUrlRequest\x1a\x14.hutch.v1.PreviewUrl\x12J\n\x11SetPortVisibility\x12\".hutch.v1.SetPortVisibilityRequest\x1a\x11.hutch.v1.Sandbox\x12@\n\x08Snapshot\x12 .hutch.v1.SnapshotSandboxRequest\x1a\x12.hutch.v1.Snapshot\x12\x39\n\x05Pause\x12\x1d.hutch.v1.PauseSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12;\n\x06Resume\x12\x1e.hutch.v1.ResumeSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12\x43\n\x04\x46ork\x12\x1c.hutch.v1.ForkSandboxRequest\x1a\x1d.hutch.v1.ForkSandboxResponse\x12;\n\x06Resize\x12\x1e.hutch.v1.ResizeSandboxRequest\x1a\x11.hutch.v1.Sandboxb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hutch/v1/sandbox.proto\x12\x08hutch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutch/v1/network.proto\x1a\x17hutch/v1/snapshot.proto\"2\n\tResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\"\xfc\x05\n\x07Sandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.hutch.v1.SandboxState\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.hutch.v1.Resources\x12\x31\n\x08metadata\x18\x06 \x03(\x0b\x32\x1f.hutch.v1.Sandbox.MetadataEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\r\x12\x14\n\x0cstate_reason\x18\x0b \x01(\t\x12\x0e\n\x06region\x18\x0c \x01(\t\x12\x11\n\tisolation\x18\r \x01(\t\x12\x14\n\x0cpublic_ports\x18\x0e \x03(\r\x12.\n\nexpires_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07network\x18\x14 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\x12\x17\n\x0fsource_snapshot\x18\x1e \x01(\t\x12\x13\n\x0b\x66orked_from\x18\x1f \x01(\t\x12\x17\n\x0fpaused_snapshot\x18  \x01(\t\x12 \n\x18\x61uto_sleep_after_seconds\x18( \x01(\r\x12\x0e\n\x06\x61sleep\x18) \x01(\x08\x12\x19\n\x11memory_ceiling_mb\x18* \x01(\r\x12.\n\nidle_since\x18+ \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x03\n\x14\x43reateSandboxRequest\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.hutch.v1.Resources\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.hutch.v1.CreateSandboxRequest.MetadataEntry\x12\x36\n\x04\x65nvs\x18\x05 \x03(\x0b\x32(.hutch.v1.CreateSandboxRequest.EnvsEntry\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\r\x12\x11\n\tisolation\x18\x07 \x01(\t\x12\r\n\x05trust\x18\x08 \x01(\t\x12(\n\x07network\x18\x14 \x01(\x0b\x32\x17.hutch.v1.NetworkPolicy\x12\x10\n\x08snapshot\x18\x1e \x01(\t\x12 \n\x18\x61uto_sleep_after_seconds\x18( \x01(\r\x12\x19\n\x11memory_ceiling_mb\x18* \x01(\r\x12\x0e\n\x06region\x18\x32 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tEnvsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x11GetSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\xeb\x01\n\x14ListSandboxesRequest\x12>\n\x08metadata\x18\x01 \x03(\x0b\x32,.hutch.v1.ListSandboxesRequest.MetadataEntry\x12&\n\x06states\x18\x02 \x03(\x0e\x32\x16.hutch.v1.SandboxState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x13\n\x0b\x61ll_regions\x18\x05 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\x15ListSandboxesResponse\x12$\n\tsandboxes\x18\x01 \x03(\x0b\x32\x11.hutch.v1.Sandbox\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x12KillSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"=\n\x11SetTimeoutRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\r\"Q\n\x14GetPreviewUrlRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\r\"f\n\nPreviewUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x18SetPortVisibilityRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06public\x18\x03 \x01(\x08\"\xa4\x01\n\x16SnapshotSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x06labels\x18\x03 \x03(\x0b\x32,.hutch.v1.SnapshotSandboxRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x13PauseSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\'\n\x14ResumeSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\"\xa3\x01\n\x12\x46orkSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.hutch.v1.ForkSandboxRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x13\x46orkSandboxResponse\x12$\n\tsandboxes\x18\x01 \x03(\x0b\x32\x11.hutch.v1.Sandbox\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\"O\n\x14ResizeSandboxRequest\x12\x0f\n\x07sandbox\x18\x01 \x01(\t\x12&\n\tresources\x18\x02 \x01(\x0b\x32\x13.hutch.v1.Resources*\xcd\x01\n\x0cSandboxState\x12\x1d\n\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SANDBOX_STATE_PENDING\x10\x01\x12\x19\n\x15SANDBOX_STATE_RUNNING\x10\x02\x12\x1a\n\x16SANDBOX_STATE_STOPPING\x10\x03\x12\x18\n\x14SANDBOX_STATE_KILLED\x10\x04\x12\x18\n\x14SANDBOX_STATE_FAILED\x10\x05\x12\x18\n\x14SANDBOX_STATE_PAUSED\x10\x06\x32\x8e\x06\n\tSandboxes\x12;\n\x06\x43reate\x12\x1e.hutch.v1.CreateSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12\x35\n\x03Get\x12\x1b.hutch.v1.GetSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12G\n\x04List\x12\x1e.hutch.v1.ListSandboxesRequest\x1a\x1f.hutch.v1.ListSandboxesResponse\x12\x37\n\x04Kill\x12\x1c.hutch.v1.KillSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12<\n\nSetTimeout\x12\x1b.hutch.v1.SetTimeoutRequest\x1a\x11.hutch.v1.Sandbox\x12\x45\n\rGetPreviewUrl\x12\x1e.hutch.v1.GetPreviewUrlRequest\x1a\x14.hutch.v1.PreviewUrl\x12J\n\x11SetPortVisibility\x12\".hutch.v1.SetPortVisibilityRequest\x1a\x11.hutch.v1.Sandbox\x12@\n\x08Snapshot\x12 .hutch.v1.SnapshotSandboxRequest\x1a\x12.hutch.v1.Snapshot\x12\x39\n\x05Pause\x12\x1d.hutch.v1.PauseSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12;\n\x06Resume\x12\x1e.hutch.v1.ResumeSandboxRequest\x1a\x11.hutch.v1.Sandbox\x12\x43\n\x04\x46ork\x12\x1c.hutch.v1.ForkSandboxRequest\x1a\x1d.hutch.v1.ForkSandboxResponse\x12;\n\x06Resize\x12\x1e.hutch.v1.ResizeSandboxRequest\x1a\x11.hutch.v1.Sandboxb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,8 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_FORKSANDBOXREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_FORKSANDBOXREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SANDBOXSTATE']._serialized_start=2729
-  _globals['_SANDBOXSTATE']._serialized_end=2934
+  _globals['_SANDBOXSTATE']._serialized_start=2750
+  _globals['_SANDBOXSTATE']._serialized_end=2955
   _globals['_RESOURCES']._serialized_start=118
   _globals['_RESOURCES']._serialized_end=168
   _globals['_SANDBOX']._serialized_start=171
@@ -63,37 +63,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSANDBOXREQUEST']._serialized_start=1444
   _globals['_GETSANDBOXREQUEST']._serialized_end=1480
   _globals['_LISTSANDBOXESREQUEST']._serialized_start=1483
-  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1697
+  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1718
   _globals['_LISTSANDBOXESREQUEST_METADATAENTRY']._serialized_start=888
   _globals['_LISTSANDBOXESREQUEST_METADATAENTRY']._serialized_end=935
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1699
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1785
-  _globals['_KILLSANDBOXREQUEST']._serialized_start=1787
-  _globals['_KILLSANDBOXREQUEST']._serialized_end=1824
-  _globals['_SETTIMEOUTREQUEST']._serialized_start=1826
-  _globals['_SETTIMEOUTREQUEST']._serialized_end=1887
-  _globals['_GETPREVIEWURLREQUEST']._serialized_start=1889
-  _globals['_GETPREVIEWURLREQUEST']._serialized_end=1970
-  _globals['_PREVIEWURL']._serialized_start=1972
-  _globals['_PREVIEWURL']._serialized_end=2074
-  _globals['_SETPORTVISIBILITYREQUEST']._serialized_start=2076
-  _globals['_SETPORTVISIBILITYREQUEST']._serialized_end=2149
-  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_start=2152
-  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_end=2316
-  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_start=2271
-  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_end=2316
-  _globals['_PAUSESANDBOXREQUEST']._serialized_start=2318
-  _globals['_PAUSESANDBOXREQUEST']._serialized_end=2356
-  _globals['_RESUMESANDBOXREQUEST']._serialized_start=2358
-  _globals['_RESUMESANDBOXREQUEST']._serialized_end=2397
-  _globals['_FORKSANDBOXREQUEST']._serialized_start=2400
-  _globals['_FORKSANDBOXREQUEST']._serialized_end=2563
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1720
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1806
+  _globals['_KILLSANDBOXREQUEST']._serialized_start=1808
+  _globals['_KILLSANDBOXREQUEST']._serialized_end=1845
+  _globals['_SETTIMEOUTREQUEST']._serialized_start=1847
+  _globals['_SETTIMEOUTREQUEST']._serialized_end=1908
+  _globals['_GETPREVIEWURLREQUEST']._serialized_start=1910
+  _globals['_GETPREVIEWURLREQUEST']._serialized_end=1991
+  _globals['_PREVIEWURL']._serialized_start=1993
+  _globals['_PREVIEWURL']._serialized_end=2095
+  _globals['_SETPORTVISIBILITYREQUEST']._serialized_start=2097
+  _globals['_SETPORTVISIBILITYREQUEST']._serialized_end=2170
+  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_start=2173
+  _globals['_SNAPSHOTSANDBOXREQUEST']._serialized_end=2337
+  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_start=2292
+  _globals['_SNAPSHOTSANDBOXREQUEST_LABELSENTRY']._serialized_end=2337
+  _globals['_PAUSESANDBOXREQUEST']._serialized_start=2339
+  _globals['_PAUSESANDBOXREQUEST']._serialized_end=2377
+  _globals['_RESUMESANDBOXREQUEST']._serialized_start=2379
+  _globals['_RESUMESANDBOXREQUEST']._serialized_end=2418
+  _globals['_FORKSANDBOXREQUEST']._serialized_start=2421
+  _globals['_FORKSANDBOXREQUEST']._serialized_end=2584
   _globals['_FORKSANDBOXREQUEST_METADATAENTRY']._serialized_start=888
   _globals['_FORKSANDBOXREQUEST_METADATAENTRY']._serialized_end=935
-  _globals['_FORKSANDBOXRESPONSE']._serialized_start=2565
-  _globals['_FORKSANDBOXRESPONSE']._serialized_end=2645
-  _globals['_RESIZESANDBOXREQUEST']._serialized_start=2647
-  _globals['_RESIZESANDBOXREQUEST']._serialized_end=2726
-  _globals['_SANDBOXES']._serialized_start=2937
-  _globals['_SANDBOXES']._serialized_end=3719
+  _globals['_FORKSANDBOXRESPONSE']._serialized_start=2586
+  _globals['_FORKSANDBOXRESPONSE']._serialized_end=2666
+  _globals['_RESIZESANDBOXREQUEST']._serialized_start=2668
+  _globals['_RESIZESANDBOXREQUEST']._serialized_end=2747
+  _globals['_SANDBOXES']._serialized_start=2958
+  _globals['_SANDBOXES']._serialized_end=3740
 # @@protoc_insertion_point(module_scope)

@@ -105,28 +105,35 @@ def list_sandboxes(
         list[str] | None,
         typer.Option("--state", "-s", help="Only sandboxes in this state (running, paused, ...); repeatable."),
     ] = None,
+    all_regions: Annotated[
+        bool, typer.Option("--all-regions", help="Every region's sandboxes, with a REGION column.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """List sandboxes, live ones only unless --all or --state is given.
 
     UP is how long a running sandbox has been running since it first started; IDLE is how long
-    since it was last in use (an API call or connection to it, or CPU above 5% of a vCPU).
+    since it was last in use (an API call or connection to it, or CPU above 5% of a vCPU). NODE is
+    shown for the sandboxes of the region called.
     """
     states: list[SandboxState | str] | None = list(state) if state else None
     if show_all and not states:
         states = [s for s in SandboxState if s is not SandboxState.UNSPECIFIED]
-    sandboxes = Sandbox.list(metadata=parse_pairs(metadata, "--metadata"), states=states)
+    sandboxes = Sandbox.list(metadata=parse_pairs(metadata, "--metadata"), states=states, all_regions=all_regions)
     if json_output:
         print_json(sandboxes)
         return
     node_of = _nodes_of_own_sandboxes() if any(i.state is SandboxState.RUNNING for i in sandboxes) else {}
     now = datetime.now(UTC)
-    table = Table("ID", "NAME", "STATE", "NODE", "CLASS", "CPU", "MEMORY", "UP", "IDLE", "CREATED", "METADATA")
+    columns = ["ID", "NAME", "STATE", *(["REGION"] if all_regions else []), "NODE", "CLASS", "CPU", "MEMORY"]
+    table = Table(*columns, "UP", "IDLE", "CREATED", "METADATA")
     for info in sandboxes:
         cells = (
             info.id,
             info.name or "-",
             _state(info),
+            *([info.region or "-"] if all_regions else []),
+            # Nodes are listed for the region called only.
             node_of.get(info.id, "-"),
             info.isolation or "-",
             f"{info.cpu:g}",

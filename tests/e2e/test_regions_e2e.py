@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -318,6 +320,25 @@ def test_a_list_of_every_region_pages_through_both_regions_newest_first(
         assert paged == newest_first
     finally:
         channel.close()
+
+    # The command line shows where each runs.
+    hutch = shutil.which("hutch", path=str(Path(sys.executable).parent)) or shutil.which("hutch")
+    assert hutch, "the hutch console script is not installed"
+    listed = subprocess.run(
+        [hutch, "sandbox", "list", "--all-regions", "-m", f"list-test={label['list-test']}"],
+        env={**first.env, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    table = [[cell.strip() for cell in re.split("[│┃]", line)[1:-1]] for line in listed.stdout.splitlines()]
+    header = next(cells for cells in table if "ID" in cells)
+    rows = {cells[0]: cells for cells in table if cells and cells[0].startswith("sb-")}
+    assert set(rows) == set(newest_first)
+    region = header.index("REGION")
+    assert [rows[s.id][region] for s in made] == [first_region, second_region, first_region]
 
 
 def test_a_sandbox_no_region_holds_is_not_found(regions: tuple[Any, Any, str, str]) -> None:

@@ -376,6 +376,36 @@ def test_a_snapshot_taken_in_one_region_is_copied_to_the_other_and_restored_ther
     assert restored.files.read("/home/payload.txt") == payload
 
 
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
+
+
+def count(sandbox: Sandbox) -> int:
+    text = sandbox.commands.run("cat /tmp/count 2>/dev/null || echo 0").stdout.strip()
+    return int(text or 0)
+
+
+def test_a_gvisor_sandboxs_running_processes_go_on_in_the_other_region(
+    regions: tuple[Any, Any, str, str], made: list[Sandbox]
+) -> None:
+    first, second, first_region, second_region = regions
+    source = Sandbox.create(isolation="gvisor", memory_mb=256, region=first_region, **through(first))
+    made.append(source)
+    source.commands.run(COUNTER, background=True)
+    # Far enough that a counter started afresh could not pass for the one carried over.
+    before = eventually_sync(lambda: (value := count(source)) > 20 and value, timeout=60, interval=0.5)
+    taken = source.snapshot()
+    assert taken.kind == "memory"
+
+    Snapshot.copy(taken.id, second_region, **through(first))
+    there = Sandbox.create(snapshot=taken.id, region=second_region, **through(second))
+    made.append(there)
+    assert (there.get_info().region, there.get_info().isolation) == (second_region, "gvisor")
+    # The counter goes on from where the snapshot caught it: the same process, not a new one.
+    resumed = eventually_sync(lambda: (value := count(there)) > 0 and value, timeout=30, interval=0.2)
+    assert resumed >= before
+    eventually_sync(lambda: count(there) > resumed + 3, timeout=30, interval=0.2)
+
+
 def test_copies_of_an_unknown_snapshot_or_between_unknown_or_equal_regions_are_refused(
     regions: tuple[Any, Any, str, str],
 ) -> None:

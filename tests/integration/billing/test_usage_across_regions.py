@@ -11,14 +11,9 @@ us-east's NATS server, during which eu-west's own usage keeps coming in.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import asyncpg
@@ -31,6 +26,7 @@ from hutch.core.config import GrpcSettings, NatsSettings, PostgresSettings
 from hutch.core.events import Envelope
 from hutch.events.v1 import sandbox_pb2, usage_pb2
 from hutch.testing import eventually
+from hutch.testing.nats_supercluster import Region, gateways_joined, jetstream_ready, supercluster, wait_for
 from hutch.v1 import sandbox_pb2 as api
 from hutch_billing_meter import app
 from hutch_billing_meter.domain.buckets import Granularity
@@ -49,47 +45,17 @@ T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
 CATCH_UP_S = 150.0
 
 
-def _deploy_supercluster() -> ModuleType:
-    """tests/integration/deploy/test_nats_supercluster.py: starts deploy/nats's two regions on free ports."""
-    name = "test_nats_supercluster"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "deploy" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+NATS_DIR = Path(__file__).resolve().parents[3] / "deploy" / "nats"
 
 
-supercluster = _deploy_supercluster()
-
-
-async def joined(regions: dict[str, Any]) -> None:
-    await supercluster.wait_for("the regions did not join", supercluster.gateways_joined, regions)
-    await supercluster.wait_for("JetStream elected no meta leader", supercluster.jetstream_ready, regions)
-
-
-def stop_server(region: Any) -> None:
-    region.process.terminate()
-    region.process.wait(timeout=30)
-
-
-def start_server_again(region: Any) -> None:
-    """The region's nats-server once more: same configuration, ports and store directory."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NATS_")}
-    binary = supercluster.find_executable("nats-server")
-    with region.log.open("ab") as out:
-        region.process = subprocess.Popen(
-            [str(binary), "-c", str(supercluster.NATS_DIR / "server.conf")],
-            env={**env, **region.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+async def joined(regions: dict[str, Region]) -> None:
+    await wait_for("the regions did not join", gateways_joined((WEST, EAST)), regions)
+    await wait_for("JetStream elected no meta leader", jetstream_ready, regions)
 
 
 @pytest.fixture
-async def regions(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    with supercluster.supercluster(tmp_path) as started:
+async def regions(tmp_path: Path) -> AsyncIterator[dict[str, Region]]:
+    with supercluster(NATS_DIR, (WEST, EAST), tmp_path) as started:
         await joined(started)
         yield started
 
@@ -167,7 +133,7 @@ async def processed(pool: asyncpg.Pool) -> int:
 
 
 @pytest.fixture
-async def meter(regions: dict[str, Any], postgres_dsn: str) -> AsyncIterator[Meter]:
+async def meter(regions: dict[str, Region], postgres_dsn: str) -> AsyncIterator[Meter]:
     """eu-west's meter (not started yet), with us-east as its peer."""
     started = Meter(
         BillingMeterSettings(
@@ -185,7 +151,7 @@ async def meter(regions: dict[str, Any], postgres_dsn: str) -> AsyncIterator[Met
         await started.halt()
 
 
-async def test_each_region_bills_every_region_once(regions: dict[str, Any], meter: Meter) -> None:
+async def test_each_region_bills_every_region_once(regions: dict[str, Region], meter: Meter) -> None:
     async def settles_at(expected: dict[tuple[str, str], int], events_in: int) -> None:
         async def holds() -> bool:
             meter.check_running()
@@ -258,13 +224,13 @@ async def test_each_region_bills_every_region_once(regions: dict[str, Any], mete
             await settles_at(expect(2, 3), 6)
 
             # us-east's NATS server goes away: eu-west's own usage keeps coming in.
-            stop_server(regions[EAST])
+            regions[EAST].stop(timeout=30)
             await publish(west, WEST, report("sb-west", 3))
             await settles_at(expect(3, 3), 7)
 
             # It comes back with its store: what its nodes publish now, and anything the meter had
             # not acknowledged, arrives once.
-            start_server_again(regions[EAST])
+            regions[EAST].start()
             await joined(regions)
             await publish(east, EAST, report("sb-east", 4))
             await publish(east, EAST, report("sb-east", 3))  # a node publishing its journal again

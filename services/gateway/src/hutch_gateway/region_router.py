@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 
 from hutch.core import errors
+from hutch.core.grpc_runtime import rebuild_handler
 from hutch.v1 import sandbox_pb2, snapshot_pb2
 from hutch_gateway import store
 from hutch_gateway.auth import Authenticator, key_from_metadata
@@ -270,11 +271,4 @@ def _rebuilt(
             return response
         return serialize(response) if serialize is not None else response  # type: ignore[no-any-return]
 
-    des = handler.request_deserializer
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, des, serializer)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, des, serializer)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming, des, serializer)
-    return grpc.stream_stream_rpc_method_handler(streaming, des, serializer)
+    return rebuild_handler(handler, unary, streaming, serializer)

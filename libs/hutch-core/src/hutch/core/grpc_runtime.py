@@ -168,7 +168,7 @@ def _refusal(handler: Handler, method: str, tracer: trace.Tracer, message: str) 
     def deny_stream(request: Any, context: Context) -> _Raising:
         return _Raising(errors.Unauthenticated(message))
 
-    refused = _rebuild(handler, deny, deny_stream)
+    refused = rebuild_handler(handler, deny, deny_stream)
     return _wrapped(refused, method, {}, tracer)
 
 
@@ -229,15 +229,18 @@ def _wrapped(handler: Handler, method: str, metadata: dict[str, str], tracer: tr
             finally:
                 _record(method, code, started)
 
-    return _rebuild(handler, unary, streaming)
+    return rebuild_handler(handler, unary, streaming)
 
 
-def _rebuild(
+def rebuild_handler(
     handler: Handler,
     unary: Callable[..., Awaitable[Any]],
     streaming: Callable[..., AsyncIterator[Any]],
+    response_serializer: Callable[[Any], bytes] | None = None,
 ) -> Handler:
-    des, ser = handler.request_deserializer, handler.response_serializer
+    """`handler` with new behaviours of the same kind (`unary` for unary responses, `streaming` for
+    streamed ones), and its own response serializer unless another is given."""
+    des, ser = handler.request_deserializer, response_serializer or handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, des, ser)
     if handler.stream_unary:
